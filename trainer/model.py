@@ -1,0 +1,64 @@
+"""Encoder: any torchvision ResNet, the CIFAR stem for small images, a linear head to d, L2-normalised."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+
+def cifar_stem(backbone: nn.Module) -> nn.Module:
+    """Replace the ImageNet stem (7x7 stride 2 + max-pool) by a 3x3 stride-1 conv and no pool."""
+    out_channels = backbone.conv1.out_channels
+    backbone.conv1 = nn.Conv2d(3, out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+    backbone.maxpool = nn.Identity()
+    return backbone
+
+
+def resnet(arch: str, width: int = 64) -> nn.Module:
+    """A torchvision ResNet with random init; `width` scales every stage (64 = torchvision's)."""
+    if not arch.startswith("resnet") or not hasattr(torchvision.models, arch):
+        raise ValueError(f"unknown backbone {arch!r}: use a torchvision ResNet (resnet18, resnet50, ...)")
+    net = getattr(torchvision.models, arch)(weights=None)
+    if width != 64:  # rebuild with narrower stages, same block type and depth
+        block = type(net.layer1[0])
+        layers = [len(getattr(net, f"layer{i}")) for i in range(1, 5)]
+        net = _ScaledResNet(block, layers, width)
+    return net
+
+
+class _ScaledResNet(torchvision.models.ResNet):
+    def __init__(self, block, layers, width):
+        super().__init__(block, layers)
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.layer1 = self._make_layer(block, width, layers[0])
+        self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
+        self.fc = nn.Linear(width * 8 * block.expansion, 1000)
+
+
+class Encoder(nn.Module):
+    """backbone -> features -> linear head -> L2-normalised d-dim embedding (fp32)."""
+
+    def __init__(self, backbone: nn.Module, dim: int = 128):
+        super().__init__()
+        feat_dim = backbone.fc.in_features
+        backbone.fc = nn.Identity()
+        self.backbone = backbone
+        self.head = nn.Linear(feat_dim, dim)
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.backbone(x)  # B x F
+        return F.normalize(self.head(h).float(), dim=1)  # B x D, fp32 even under autocast
+
+
+def build_encoder(arch: str, dim: int, image_size: int, width: int = 64) -> Encoder:
+    net = resnet(arch, width)
+    if image_size <= 64:
+        net = cifar_stem(net)
+    return Encoder(net, dim)

@@ -1,0 +1,78 @@
+"""Versioned FAISS artifacts: build from a trainer export, publish atomically, search, add, roll back.
+
+A version is one immutable directory: the encoder and its preprocessing (model.pt, preprocess.json, as
+exported by the trainer), the FAISS index, the embeddings, an id -> metadata table and a sealed manifest
+with a checksum of every file. The store keeps the last `keep` versions and a CURRENT pointer.
+
+API for the service
+-------------------
+    from index import ArtifactStore, IndexConfig, NewItem
+
+    store = ArtifactStore(root, keep=5)
+    store.current_version() -> str | None          # reads one small file: poll it to hot-swap
+    lv = store.load(version=None, verify=True, gpu=False) -> LoadedVersion
+        lv.version, lv.manifest                     # manifest: counts, index kind/setting/recall, metrics...
+        lv.directory                                # model.pt + preprocess.json: Embedder.from_dir(lv.directory)
+        lv.searcher.search(queries BxD, k=10, min_score=None) -> list (per query) of list[Hit]
+            Hit(id, score, item: ItemMeta(id, path, label, width, height, sha256, added))
+        lv.searcher.search_arrays(queries, k) -> (scores BxK, ids BxK)   # -inf / -1 padded
+        lv.searcher.vector(id) -> D                 # stored embedding (search by id)
+    store.build(export_dir, IndexConfig(...), publish=True) -> version
+    store.add(vectors MxD, [NewItem(path, label, width, height, sha256) or dict], base=lv.version)
+        -> (version, ids M)                         # VersionConflictError if base is no longer current
+    store.remove(ids, base=lv.version) -> version
+    store.publish(version); store.rollback() -> version; store.list() -> [VersionInfo]; store.verify(version)
+    NewItem.from_file(file, path, label)            # size and sha256 of an uploaded image
+
+Semantics
+---------
+- Scores are cosine similarities: queries are L2-normalised, collection vectors are unit rows.
+- A LoadedVersion never changes: add/remove/build write a new version and move CURRENT. To hot-swap,
+  poll `current_version()`, `load()` the new one, then replace your reference in one assignment; keep
+  serving the old one meanwhile. `load()` retries when the version it read is pruned while loading.
+- Searchers are safe for concurrent threads (GPU indexes are guarded by a lock). k is 1..1000.
+- Writers (build/add/remove/publish/rollback) serialise on a file lock; a crash at any point leaves the
+  previous current version whole and loadable. Loading a damaged version raises DamagedVersionError.
+- Errors: IndexStoreError and its subclasses VersionNotFoundError, DamagedVersionError,
+  DimensionMismatchError, EmptyCollectionError, ExportError, VersionConflictError; messages are meant
+  for users. Library code logs through `logging`, it never prints.
+- Updates cost one rewrite of the version's data (O(collection)): batch them. The index kind and its
+  tuned setting are kept; the recall in the manifest is the one measured on `recall_measured_on`.
+- Threads: FAISS uses OpenMP inside each search. A server answering many single queries at once may
+  prefer `faiss.omp_set_num_threads(1)` (docs/index-benchmark.md).
+
+CLI: `npid index build|list|publish|rollback|search|stats` (index/cli.py).
+"""
+
+from .artifact import ArtifactStore, LoadedVersion, VersionInfo
+from .config import IndexConfig
+from .errors import (
+    DamagedVersionError,
+    DimensionMismatchError,
+    EmptyCollectionError,
+    ExportError,
+    IndexStoreError,
+    VersionConflictError,
+    VersionNotFoundError,
+)
+from .metadata import ItemMeta, NewItem
+from .search import MAX_K, Hit, Searcher
+
+__all__ = [
+    "MAX_K",
+    "ArtifactStore",
+    "DamagedVersionError",
+    "DimensionMismatchError",
+    "EmptyCollectionError",
+    "ExportError",
+    "Hit",
+    "IndexConfig",
+    "IndexStoreError",
+    "ItemMeta",
+    "LoadedVersion",
+    "NewItem",
+    "Searcher",
+    "VersionConflictError",
+    "VersionInfo",
+    "VersionNotFoundError",
+]

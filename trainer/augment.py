@@ -119,6 +119,10 @@ def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Ten
     ys = top[:, None] + steps[None] * h[:, None]
     if flip is not None:
         xs = torch.where(flip.to(x.device)[:, None], (left + w)[:, None] - (xs - left[:, None]), xs)
+    # stay on the crop's pixel centres, as torchvision's resized_crop (and PIL) do when upsampling:
+    # an edge sample must not blend in the pixel outside the crop
+    xs = torch.minimum(torch.maximum(xs, (left + 0.5)[:, None]), (left + w - 0.5)[:, None])
+    ys = torch.minimum(torch.maximum(ys, (top + 0.5)[:, None]), (top + h - 0.5)[:, None])
     gx = xs / width * 2 - 1
     gy = ys / height * 2 - 1
     grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), -1)  # B x S x S x 2
@@ -190,6 +194,11 @@ class AugmentParams:
     jitter: torch.Tensor  # B x 4 factors: brightness, contrast, saturation (around 1), hue (around 0)
     order: torch.Tensor  # B x 4, a permutation of the four jitter ops per sample
     gray: torch.Tensor  # B bool
+
+    def select(self, rows: torch.Tensor) -> AugmentParams:
+        """The parameters of a subset of the batch (one rank's slice of a global batch)."""
+        return AugmentParams(self.boxes[rows], self.flip[rows], self.jitter[rows], self.order[rows],
+                             self.gray[rows])
 
 
 class DeviceAugment:

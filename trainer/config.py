@@ -63,7 +63,6 @@ class TrainConfig:
     out: str = "runs/npid"
     knn_k: tuple[int, ...] = (200,)  # k values of the weighted kNN monitor (paper: 200)
     knn_every: int = 1  # epochs between kNN monitors (0: only at the end)
-    final_eval: bool = True  # recompute features with the eval transform, kNN + linear probe
     progress: bool = True  # tqdm progress bar
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes saved with the run
 

@@ -51,7 +51,8 @@ def knn_accuracy(queries: torch.Tensor, query_labels: torch.Tensor, keys: torch.
     out = {"nn1": 100.0 * (neighbour_labels[:, 0] == y).float().mean().item()}
     for k in ks:
         scores = weighted_knn_scores(sims[:, :k], neighbour_labels[:, :k], num_classes, tau)
-        top = scores.topk(min(5, num_classes), dim=1).indices  # Q x 5
+        top_scores, top = scores.topk(min(5, num_classes), dim=1)  # Q x 5
         out[f"top1@{k}"] = 100.0 * (top[:, 0] == y).float().mean().item()
-        out[f"top5@{k}"] = 100.0 * (top == y[:, None]).any(1).float().mean().item()
+        hit5 = (top == y[:, None]) & (top_scores > 0)  # a class without votes is no prediction (k < 5)
+        out[f"top5@{k}"] = 100.0 * hit5.any(1).float().mean().item()
     return out

@@ -10,9 +10,15 @@ import torch
 import torch.nn.functional as F
 
 
+def _no_autocast(t: torch.Tensor):
+    """Autocast off around the logits: under bf16 autocast a matmul/einsum would round v.f/tau to bf16."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 def softmax_logits(f: torch.Tensor, bank: torch.Tensor, tau: float) -> torch.Tensor:
     """f: BxD, bank: NxD -> logits: BxN  (v_j . f / tau)."""
-    return f.float() @ bank.float().t() / tau
+    with _no_autocast(f):
+        return f.float() @ bank.float().t() / tau
 
 
 def full_softmax_loss(f: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, tau: float) -> torch.Tensor:
@@ -22,9 +28,10 @@ def full_softmax_loss(f: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, ta
 
 def pos_neg_logits(f, bank, idx, noise, tau):
     """f: BxD, idx: B, noise: Bxm -> (pos: B, neg: Bxm) dot products / tau."""
-    f = f.float()
-    pos = (f * bank[idx].float()).sum(1) / tau  # B
-    neg = torch.einsum("bd,bmd->bm", f, bank[noise].float()) / tau  # B x m
+    with _no_autocast(f):
+        f = f.float()
+        pos = (f * bank[idx].float()).sum(1) / tau  # B
+        neg = torch.einsum("bd,bmd->bm", f, bank[noise].float()) / tau  # B x m
     return pos, neg
 
 
@@ -64,4 +71,5 @@ def proximal_term(f: torch.Tensor, previous: torch.Tensor, lam: float) -> torch.
 
 def parametric_softmax_loss(f: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Table 1's baseline: an n-way linear classifier over the embedding. weight: NxD."""
-    return F.cross_entropy(f.float() @ weight.float().t(), idx)
+    with _no_autocast(f):
+        return F.cross_entropy(f.float() @ weight.float().t(), idx)  # B x N logits

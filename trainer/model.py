@@ -8,10 +8,22 @@ import torch.nn.functional as F
 import torchvision
 
 
+def init_like_torchvision(module: nn.Module) -> nn.Module:
+    """torchvision's ResNet init for layers built after its constructor: Kaiming convs, unit BN."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return module
+
+
 def cifar_stem(backbone: nn.Module) -> nn.Module:
     """Replace the ImageNet stem (7x7 stride 2 + max-pool) by a 3x3 stride-1 conv and no pool."""
     out_channels = backbone.conv1.out_channels
-    backbone.conv1 = nn.Conv2d(3, out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+    backbone.conv1 = init_like_torchvision(nn.Conv2d(3, out_channels, kernel_size=3, stride=1, padding=1,
+                                                     bias=False))
     backbone.maxpool = nn.Identity()
     return backbone
 
@@ -39,6 +51,7 @@ class _ScaledResNet(torchvision.models.ResNet):
         self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
         self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
         self.fc = nn.Linear(width * 8 * block.expansion, 1000)
+        init_like_torchvision(self)
 
 
 class Encoder(nn.Module):

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test command: installs what it needs, makes sure Redis and Chromium are there, runs pytest.
+# Extra arguments go to pytest (e.g. scripts/test.sh tests/trainer -x, or -m slow for the long checks).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+bash scripts/redis.sh
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 \
+    || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)) \
+    || echo "could not install chromium: the browser test will be skipped" >&2
+fi
+exec .venv/bin/python -m pytest "$@"

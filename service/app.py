@@ -1,0 +1,66 @@
+"""The FastAPI application: `create_app(settings)` wires settings, engine, middleware, errors and routers.
+
+    uvicorn --factory service.app:create_app      # settings from NPID_* variables / .env
+    npid serve                                    # the same, through the console entry point
+
+Adding a resource means adding a router module and one line to ROUTERS.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from . import errors
+from .bodylimit import BodyLimitMiddleware
+from .engine import Engine
+from .metrics import Metrics, MetricsMiddleware
+from .ratelimit import RateLimiter
+from .routers import images, page, search, status
+from .routers.page import STATIC
+from .settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+ROUTERS = (search.router, images.router, status.router, page.router)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    logging.getLogger("service").setLevel(settings.log_level)
+    metrics = Metrics()
+    engine = Engine(settings.artifacts_dir, settings.device, settings.poll_interval_s,
+                    settings.inference_concurrency, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        log.info("settings: %s", settings.masked())
+        await run_in_threadpool(engine.start)  # loads the current version, if any, then polls
+        try:
+            yield
+        finally:
+            engine.stop()
+
+    app = FastAPI(title="npid-search", summary="image similarity search", version="1", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.metrics = metrics
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+
+    errors.install(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    # added last = outermost: metrics see every answer, including the body limit's 413s
+    app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Content-Type", "X-API-Key"])
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

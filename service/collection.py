@@ -1,0 +1,81 @@
+"""The image folder on disk: id paths resolved safely, content types, thumbnails, uploads written atomically.
+
+Paths only ever come from the index metadata (never from a request), and are still checked to stay
+inside the collection root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+from trainer.data import load_rgb
+
+from .uploads import CONTENT_TYPES, sniff_format
+
+THUMBNAIL_CACHE = 4096  # thumbnails kept in memory (a few kB each)
+EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
+
+
+class ImageFileMissing(LookupError):
+    """The index names a file that is not (or no longer) under the collection root."""
+
+
+def resolve(root: Path, relative: str) -> Path:
+    """root / relative, refused if it leaves the root (.., absolute paths, symlinks out) or is no file."""
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise ImageFileMissing(relative)
+    return path
+
+
+def content_type(path: Path) -> str:
+    """From the file's first bytes, like uploads; never from its name."""
+    with open(path, "rb") as fh:
+        fmt = sniff_format(fh.read(16))
+    return CONTENT_TYPES.get(fmt or "", "application/octet-stream")
+
+
+def thumbnail(path: Path, px: int) -> bytes:
+    """A JPEG at most px x px (aspect kept), decoded like the collection. Blocking: call off the loop."""
+    st = path.stat()
+    return _thumbnail(str(path), st.st_mtime_ns, st.st_size, px)
+
+
+@lru_cache(maxsize=THUMBNAIL_CACHE)
+def _thumbnail(path: str, mtime_ns: int, size: int, px: int) -> bytes:  # mtime and size key the cache
+    img = load_rgb(path)
+    img.thumbnail((px, px))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def save_upload(root: Path, folder: str, data: bytes) -> str:
+    """Write an accepted upload as <root>/<folder>/<sha256 prefix>.<ext>, atomically; returns the relative path.
+
+    The name is the content hash, so the same bytes always land on the same path.
+    """
+    fmt = sniff_format(data[:16])
+    if fmt is None:
+        raise ValueError("save_upload takes bytes already accepted by uploads.decode_upload")
+    relative = f"{folder}/{hashlib.sha256(data).hexdigest()[:24]}{EXTENSIONS[fmt]}"
+    target = root / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        return relative
+    fd, tmp = tempfile.mkstemp(prefix=".upload.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return relative

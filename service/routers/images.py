@@ -1,0 +1,90 @@
+"""The collection's images by id: the file, a thumbnail, its neighbours; and adding an uploaded image."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, Request, UploadFile
+from fastapi.responses import FileResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from .. import collection
+from ..auth import require_api_key, require_read_access
+from ..deps import get_engine, get_live, get_settings, rate_limited
+from ..engine import Engine, LiveVersion
+from ..schemas import ErrorResponse, ImageAdded, SearchResponse, ValidationErrorResponse
+from ..settings import Settings
+from ..uploads import read_limited
+from .common import answer, decode_in_thread
+from .search import K, UPLOAD_ERRORS
+
+router = APIRouter(prefix="/images", tags=["images"], dependencies=[Depends(require_read_access)])
+
+ImageId = Annotated[int, Path(ge=0, description="image id in the collection")]
+Label = Annotated[str | None, Form(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                                   description="optional class label (a plain folder name)")]
+CACHE = {"Cache-Control": "public, max-age=3600"}
+READ_ERRORS = {404: {"model": ErrorResponse, "description": "no such image"},
+               422: {"model": ValidationErrorResponse}, 503: {"model": ErrorResponse}}
+
+
+def no_image(image_id: int) -> HTTPException:
+    return HTTPException(404, f"no image with id {image_id}")
+
+
+def file_of(live: LiveVersion, settings: Settings, image_id: int):
+    item = live.item(image_id)
+    if item is None:
+        raise no_image(image_id)
+    try:
+        return collection.resolve(settings.collection_root, item.path)
+    except collection.ImageFileMissing:
+        raise HTTPException(404, f"image {image_id} is indexed but its file is missing") from None
+
+
+@router.get("/{image_id}", response_class=FileResponse, responses={
+    200: {"content": {t: {} for t in ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp",
+                                      "image/tiff")}, "description": "the image file"}, **READ_ERRORS})
+async def get_image(image_id: ImageId, live: LiveVersion = Depends(get_live),
+                    settings: Settings = Depends(get_settings)) -> FileResponse:
+    path = file_of(live, settings, image_id)
+    return FileResponse(path, media_type=collection.content_type(path), headers=CACHE)
+
+
+@router.get("/{image_id}/thumbnail", response_class=Response, responses={
+    200: {"content": {"image/jpeg": {}}, "description": "a small JPEG"}, **READ_ERRORS})
+async def get_thumbnail(image_id: ImageId, live: LiveVersion = Depends(get_live),
+                        settings: Settings = Depends(get_settings)) -> Response:
+    path = file_of(live, settings, image_id)
+    data = await run_in_threadpool(collection.thumbnail, path, settings.thumbnail_px)
+    return Response(data, media_type="image/jpeg", headers=CACHE)
+
+
+@router.get("/{image_id}/similar", response_model=SearchResponse, responses=READ_ERRORS)
+async def similar(image_id: ImageId, k: K = 10,
+                  min_score: Annotated[float | None, Query(ge=-1.0, le=1.0)] = None,
+                  live: LiveVersion = Depends(get_live), engine: Engine = Depends(get_engine)) -> SearchResponse:
+    """Neighbours of an image already in the collection (itself excluded)."""
+    start = time.perf_counter()
+    if live.item(image_id) is None:
+        raise no_image(image_id)
+    neighbours = await engine.run(live.similar, image_id, k, min_score)
+    return answer(live, neighbours, k, start)
+
+
+@router.post("", status_code=201, response_model=ImageAdded, responses=UPLOAD_ERRORS,
+             dependencies=[Depends(require_api_key), Depends(rate_limited)])
+async def add_image(request: Request, file: Annotated[UploadFile, File(description="the image to add")],
+                    label: Label = None, live: LiveVersion = Depends(get_live),
+                    engine: Engine = Depends(get_engine),
+                    settings: Settings = Depends(get_settings)) -> ImageAdded:
+    """Add an image to the collection folder and the live index (embedded with the live model)."""
+    data = await read_limited(file, settings.max_upload_bytes)
+    image, _ = await decode_in_thread(data, settings.max_pixels)
+    folder = settings.upload_subdir if label is None else label
+    path = await run_in_threadpool(collection.save_upload, settings.collection_root, folder, data)
+    added = await engine.run(live.add, image, path, label)
+    return ImageAdded(id=added.id, path=added.path, label=added.label, version=live.version,
+                      collection_size=live.size, image_url=f"/images/{added.id}",
+                      thumbnail_url=f"/images/{added.id}/thumbnail")

@@ -1,0 +1,32 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..deps import get_live
+from ..engine import LiveVersion
+from ..schemas import ErrorResponse, Health, Ready
+
+router = APIRouter(tags=["status"])
+
+
+@router.get("/health", response_model=Health)
+async def health() -> Health:
+    """The process is up and answering."""
+    return Health()
+
+
+@router.get("/ready", response_model=Ready, responses={503: {"model": ErrorResponse, "description": "why not"}})
+async def ready(live: LiveVersion = Depends(get_live)) -> Ready:
+    """A version is loaded and searchable."""
+    return Ready(version=live.version, collection_size=live.size, dim=live.dim,
+                 loaded_at=live.loaded_at.isoformat(timespec="seconds"))
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition of this process's metrics."""
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

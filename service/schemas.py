@@ -1,0 +1,54 @@
+"""Request and response models of the API: what the OpenAPI schema documents, and what the routes return."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="stable, human-readable reason")
+
+
+class ValidationErrorResponse(ErrorResponse):
+    errors: list[dict] = Field(description="one entry per invalid parameter: loc, msg, type")
+
+
+class SearchHit(BaseModel):
+    id: int = Field(description="image id in the collection")
+    score: float = Field(description="cosine similarity to the query, in [-1, 1]")
+    path: str = Field(description="path relative to the collection root")
+    label: str | None = Field(None, description="class label, when the collection has labels")
+    image_url: str
+    thumbnail_url: str
+
+
+class SearchResponse(BaseModel):
+    version: str = Field(description="index version that answered")
+    k_requested: int
+    k_returned: int = Field(description="fewer than requested when the collection is smaller or min_score cuts")
+    took_ms: float = Field(description="server time from the upload read to the answer")
+    results: list[SearchHit]
+
+
+class ImageAdded(BaseModel):
+    id: int
+    path: str
+    label: str | None
+    version: str = Field(description="index version the image was added to")
+    collection_size: int
+    image_url: str
+    thumbnail_url: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Ready(BaseModel):
+    status: Literal["ready"] = "ready"
+    version: str
+    collection_size: int
+    dim: int = Field(description="embedding size")
+    loaded_at: str = Field(description="when this version went live (UTC, ISO 8601)")

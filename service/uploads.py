@@ -1,0 +1,106 @@
+"""Upload safety: a bounded read, the format decided from the bytes, a pixel limit, then one decoder.
+
+Checks run cheapest first and nothing is decoded before it is known to be allowed:
+
+    1. size, counted while reading        -> 413 (the request body itself is capped by BodyLimitMiddleware)
+    2. empty                              -> 422
+    3. magic bytes: JPEG, PNG, WebP, GIF, BMP, TIFF only (never the filename or content type) -> 415
+    4. header parse, restricted to that one format -> 422 if it fails
+    5. width x height from the header > max_pixels (Pillow's warning zone included) -> 413
+    6. decode with `trainer.data.load_rgb`, the decoder that built the collection -> 422 if it fails
+
+`decode_upload` is blocking: call it off the event loop.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from fastapi import HTTPException, UploadFile
+from PIL import Image
+
+from trainer.data import load_rgb
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024  # bytes per read of an upload
+
+# Pillow format name -> content type; MPO is the multi-picture JPEG that phones write
+CONTENT_TYPES = {
+    "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+}
+
+EMPTY = "empty file"
+UNSUPPORTED = "unsupported image format: send JPEG, PNG, WebP, GIF, BMP or TIFF"
+CORRUPT = "corrupt or truncated image"
+
+
+def too_large(max_bytes: int) -> str:
+    return f"upload too large: the limit is {max_bytes} bytes"
+
+
+def too_many_pixels(max_pixels: int) -> str:
+    return f"image too large: the limit is {max_pixels} pixels (width x height)"
+
+
+class UploadRejected(HTTPException):
+    """An upload refused for a stated reason; rendered as JSON {"detail": ...} like any HTTPException."""
+
+
+def sniff_format(head: bytes) -> str | None:
+    """Pillow format name from the first bytes of a file, or None when it is not an allowed format."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head.startswith(b"BM"):
+        return "BMP"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    return None
+
+
+async def read_limited(file: UploadFile, max_bytes: int) -> bytes:
+    """The whole upload, refused with 413 as soon as it passes `max_bytes`."""
+    chunks, total = [], 0
+    while chunk := await file.read(CHUNK):
+        total += len(chunk)
+        if total > max_bytes:
+            raise UploadRejected(413, too_large(max_bytes))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
+    """Checked bytes -> RGB image exactly as the collection was decoded; UploadRejected otherwise."""
+    if not data:
+        raise UploadRejected(422, EMPTY)
+    fmt = sniff_format(data[:16])
+    if fmt is None:
+        raise UploadRejected(415, UNSUPPORTED)
+    try:
+        with Image.open(io.BytesIO(data), formats=[fmt]) as im:  # header only: no pixel data yet
+            width, height = im.size
+    except Image.DecompressionBombError:  # Pillow's own hard limit (2x MAX_IMAGE_PIXELS)
+        raise UploadRejected(413, too_many_pixels(max_pixels)) from None
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ... on bad headers
+        log.info("upload refused, unreadable %s header: %s: %s", fmt, type(e).__name__, e)
+        raise UploadRejected(422, CORRUPT) from None
+    if width * height > max_pixels:
+        raise UploadRejected(413, too_many_pixels(max_pixels))
+    try:
+        return load_rgb(io.BytesIO(data))
+    except Exception as e:  # truncated or corrupt pixel data, bad EXIF, ...: never a 500
+        log.info("upload refused, undecodable %s %dx%d: %s: %s", fmt, width, height, type(e).__name__, e)
+        raise UploadRejected(422, CORRUPT) from None

@@ -1,0 +1,87 @@
+"""End-to-end training on generated folders: learning, exact resume, divergence, bad files, export."""
+
+import json
+
+import numpy as np
+import pytest
+import synthetic
+import torch
+
+from trainer.config import TrainConfig
+from trainer.embed import Embedder
+from trainer.train import TrainingCancelled, TrainingDiverged, train
+
+
+def tiny(tmp_path, data, **changes) -> TrainConfig:
+    base = dict(data=str(data), image_size=16, arch="resnet18", width=8, dim=32, epochs=2, batch_size=32,
+                objective="nce", negatives=32, temperature=0.1, out=str(tmp_path / "run"), knn_k=(10,),
+                progress=False)
+    return TrainConfig(**{**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return synthetic.make_folder(tmp_path_factory.mktemp("synthetic"), per_class=24, size=16)
+
+
+def test_run_writes_export_logs_and_pictures(tmp_path, folder):
+    (folder / "disc" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "disc" / "empty.jpg").write_bytes(b"")
+    try:
+        metrics = train(tiny(tmp_path, folder))
+    finally:
+        (folder / "disc" / "broken.png").unlink()
+        (folder / "disc" / "empty.jpg").unlink()
+    run = tmp_path / "run"
+    for name in ("config.yaml", "checkpoint.pt", "log.jsonl", "curves.png", "neighbours.png",
+                 "collection_map.png", "metrics.json"):
+        assert (run / name).stat().st_size > 0, name
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
+    assert metrics["skipped"] == 2 and metrics["images"] == 96
+    meta = json.loads((run / "export" / "export.json").read_text())
+    assert sorted(meta["skipped"]) == ["disc/broken.png", "disc/empty.jpg"]
+    emb = np.load(run / "export" / "embeddings.npy")
+    assert emb.shape == (96, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    items = [json.loads(line) for line in (run / "export" / "items.jsonl").read_text().splitlines()]
+    assert [it["id"] for it in items] == list(range(96)) and items[0]["label"] == "checker"
+    # the exported model + preprocessing embed a collection image exactly as the export did
+    from trainer.data import load_rgb
+    again = Embedder.from_dir(run / "export").embed([load_rgb(folder / items[5]["path"])])
+    np.testing.assert_allclose(again[0], emb[5], atol=1e-5)
+
+
+def test_resume_after_interrupted_epoch_equals_uninterrupted_run(tmp_path, folder):
+    cfg = tiny(tmp_path, folder, epochs=3, knn_every=0)
+    full = train(cfg.replace(out=str(tmp_path / "full")))
+
+    calls = {"n": 0}
+
+    def stop_in_second_epoch():
+        calls["n"] += 1
+        return calls["n"] > 4  # 3 steps per epoch: stop at epoch 2, step 2
+
+    with pytest.raises(TrainingCancelled):
+        train(cfg.replace(out=str(tmp_path / "cut")), should_stop=stop_in_second_epoch)
+    assert not (tmp_path / "cut" / "export").exists()
+    resumed = train(cfg.replace(out=str(tmp_path / "cut")))
+
+    assert resumed["final_loss"] == full["final_loss"]
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["learner"]
+    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["learner"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    np.testing.assert_array_equal(np.load(tmp_path / "full" / "export" / "embeddings.npy"),
+                                  np.load(tmp_path / "cut" / "export" / "embeddings.npy"))
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path, folder):
+    with pytest.raises(TrainingDiverged, match="lower the learning rate"):
+        train(tiny(tmp_path, folder, lr=1e30, momentum=0.0, epochs=1))
+
+
+def test_training_is_seeded_and_deterministic_on_cpu(tmp_path, folder):
+    cfg = tiny(tmp_path, folder, epochs=1, knn_every=0)
+    a = train(cfg.replace(out=str(tmp_path / "a")))
+    b = train(cfg.replace(out=str(tmp_path / "b")))
+    assert a["final_loss"] == b["final_loss"]

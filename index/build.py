@@ -21,6 +21,7 @@ from .tune import RECALL_K, Tuning, exact_neighbours, tune
 log = logging.getLogger(__name__)
 
 TRAIN_POINTS_PER_LIST = 50  # k-means sample for IVF kinds: nlist * 50 vectors (FAISS's minimum is 39)
+MIN_TRAIN_POINTS = 10_000  # and at least this many: PQ / SQ codebooks are trained on the same sample
 GPU_KINDS = ("ivf_flat", "ivf_sq8")  # kinds whose training and adding move to the GPU when present
 
 
@@ -40,6 +41,8 @@ def new_index(spec: IndexSpec, seed: int = 0) -> faiss.Index:
     index = faiss.index_factory(spec.dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
     if spec.kind.startswith("ivf"):
         index.cp.seed = seed  # k-means initialisation
+    if spec.kind == "ivf_pq":
+        index.do_polysemous_training = False  # only for Hamming-filtered search, which is not used
     return index
 
 
@@ -51,7 +54,7 @@ def train_and_add(spec: IndexSpec, vectors: np.ndarray, ids: np.ndarray, gpu: bo
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     sample = vectors
     if not index.is_trained:
-        n_train = min(len(vectors), TRAIN_POINTS_PER_LIST * spec.nlist)
+        n_train = min(len(vectors), max(TRAIN_POINTS_PER_LIST * spec.nlist, MIN_TRAIN_POINTS))
         rows = np.random.default_rng(seed).choice(len(vectors), n_train, replace=False)
         sample = vectors[np.sort(rows)]
     if gpu and spec.kind in GPU_KINDS and gpu_count() > 0:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class Content:
     embeddings: np.ndarray  # N x D float32, row i is metadata.items[i]
     metadata: Metadata
     model_dir: Path  # the directory model.pt and preprocess.json are taken from
+    link_model: bool = False  # hard-link them (model_dir is a version of the same store) instead of copying
 
 
 def write_content(stage: Path, content: Content) -> list[str]:
@@ -47,8 +49,11 @@ def write_content(stage: Path, content: Content) -> list[str]:
     faiss.write_index(content.index, str(stage / INDEX_FILE))
     np.save(stage / EMBEDDINGS_FILE, np.ascontiguousarray(content.embeddings, dtype=np.float32))
     content.metadata.write(stage / METADATA_FILE)
-    for name in MODEL_FILES:  # immutable: hard-linked between versions of the same model
-        link_or_copy(content.model_dir / name, stage / name)
+    for name in MODEL_FILES:
+        if content.link_model:  # versions are immutable: they can share these files
+            link_or_copy(content.model_dir / name, stage / name)
+        else:  # an export is not ours: an edit there must not reach into the store
+            shutil.copyfile(content.model_dir / name, stage / name)
     return list(DATA_FILES)
 
 
@@ -76,4 +81,4 @@ def read_content(directory: Path, manifest: dict) -> Content:
     """A private, mutable copy of a version's data, to derive the next version from."""
     spec, tuning = _spec_and_tuning(manifest)
     return Content(_read_index(directory), spec, tuning, np.load(directory / EMBEDDINGS_FILE),
-                   Metadata.read(directory / METADATA_FILE), directory)
+                   Metadata.read(directory / METADATA_FILE), directory, link_model=True)

@@ -28,7 +28,7 @@ def with_added(base: Content, vectors: np.ndarray, items: list[NewItem], first_i
     rows = [ItemMeta(int(i), it.path, it.label, it.width, it.height, it.sha256, added)
             for i, it in zip(ids, items, strict=True)]
     content = Content(base.index, base.spec, base.tuning, np.concatenate([base.embeddings, vectors]),
-                      Metadata(base.metadata.items + rows), base.model_dir)
+                      Metadata(base.metadata.items + rows), base.model_dir, base.link_model)
     return content, ids
 
 
@@ -48,4 +48,4 @@ def without(base: Content, ids: np.ndarray) -> Content:
     else:
         index = base.index
         index.remove_ids(ids)
-    return Content(index, base.spec, base.tuning, embeddings, metadata, base.model_dir)
+    return Content(index, base.spec, base.tuning, embeddings, metadata, base.model_dir, base.link_model)

@@ -8,7 +8,7 @@ import logging
 import sys
 
 # package modules that expose register(subparsers); each adds its subcommand(s) with set_defaults(func=...)
-COMMAND_MODULES = ("trainer.cli", "index.cli", "service.commands")
+COMMAND_MODULES = ("trainer.cli", "index.cli", "service.commands", "service.launch")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     redis_url: str = "redis://localhost:6379/0"  # broker of the training jobs (its password is masked in logs)
 
+    # --- background jobs (service/jobs.py, service/pipeline.py) ---
+    train_device: str = "auto"  # where the worker trains: auto | cpu | cuda | cuda:N
+    train_config: Path | None = None  # YAML/JSON of TrainConfig fields: the jobs' recipe defaults
+    cpu_train_minutes: float = Field(4.0, gt=0)  # CPU-only hosts: epochs are chosen to fit about this long
+    worker_threads: int = Field(0, ge=0)  # torch threads of a training job; 0 = all cores but one (the API's)
+    jobs_lock_ttl_s: float = Field(60.0, gt=1)  # a running job's lease; a dead worker's job fails after it
+    jobs_heartbeat_s: float = Field(5.0, gt=0)  # how often a running job renews its lease and progress
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, v: Any) -> Any:

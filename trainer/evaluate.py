@@ -20,10 +20,18 @@ log = logging.getLogger(__name__)
 Dataset = ImageFolder | ArrayImages
 
 
-def labels_of(ds: Dataset | None) -> torch.Tensor | None:
+def labels_of(ds: Dataset | None, classes_of: Dataset | None = None) -> torch.Tensor | None:
+    """Label ids of ds, renumbered by class name into `classes_of`'s ids (an eval set vs the collection)."""
     if ds is None or ds.collection.labels is None:
         return None
-    return torch.from_numpy(ds.collection.labels)
+    labels = torch.from_numpy(ds.collection.labels)
+    if classes_of is None or classes_of.collection.classes == ds.collection.classes:
+        return labels
+    ref = {name: i for i, name in enumerate(classes_of.collection.classes)}
+    missing = sorted(set(ds.collection.classes) - set(ref))
+    if missing:
+        raise ValueError(f"eval classes not in the collection: {', '.join(missing)}")
+    return torch.tensor([ref[c] for c in ds.collection.classes])[labels]
 
 
 def knn_monitor(encoder, bank: torch.Tensor, train_ds: Dataset, eval_ds: Dataset | None, pre: Preprocess,
@@ -34,7 +42,7 @@ def knn_monitor(encoder, bank: torch.Tensor, train_ds: Dataset, eval_ds: Dataset
         return None
     if eval_ds is not None and labels_of(eval_ds) is not None:
         queries = embed_dataset(encoder, eval_ds, pre, device, progress=False)
-        return knn_accuracy(queries, labels_of(eval_ds), bank, train_y, ks, tau)
+        return knn_accuracy(queries, labels_of(eval_ds, train_ds), bank, train_y, ks, tau)
     return knn_accuracy(bank, train_y, bank, train_y, ks, tau, exclude_self=True)
 
 
@@ -47,7 +55,7 @@ def final_evaluation(encoder, train_ds: Dataset, eval_ds: Dataset | None, pre: P
     eval_f = eval_y = None
     if eval_ds is not None:
         eval_f = embed_dataset(encoder, eval_ds, pre, device, progress=progress)
-        eval_y = labels_of(eval_ds)
+        eval_y = labels_of(eval_ds, train_ds)
     if train_y is not None:
         if eval_y is not None:
             metrics["knn"] = knn_accuracy(eval_f, eval_y, train_f, train_y, ks, tau)
@@ -76,10 +84,10 @@ def draw_neighbours(train_ds: Dataset, train_f: torch.Tensor, eval_ds: Dataset |
     sims, ids = topk_neighbours(query_f[pick], train_f, k + 1, exclude_self=False)
     same = query_ds is train_ds
     neighbours, correct = [], []
-    qy, ty = query_ds.collection.labels, train_ds.collection.labels
+    qy, ty = labels_of(query_ds, train_ds), labels_of(train_ds)
     for r, q in enumerate(pick):
         row = [int(i) for i in ids[r] if not (same and int(i) == int(q))][:k]
         neighbours.append([train_ds.load(i) for i in row])
         if qy is not None and ty is not None:
-            correct.append([bool(ty[i] == qy[q]) for i in row])
+            correct.append([bool(ty[i] == qy[int(q)]) for i in row])
     neighbour_grid([query_ds.load(int(q)) for q in pick], neighbours, path, correct or None)

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, UploadFile
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
+
+from index import NewItem
 
 from .. import collection
 from ..auth import require_api_key, require_read_access
 from ..deps import get_engine, get_live, get_settings, rate_limited
-from ..engine import Engine, LiveVersion
+from ..engine import Engine, LiveVersion, VersionRefused
 from ..schemas import ErrorResponse, ImageAdded, SearchResponse, ValidationErrorResponse
 from ..settings import Settings
 from ..uploads import read_limited
 from .common import answer, decode_in_thread
-from .search import K, UPLOAD_ERRORS
+from .search import UPLOAD_ERRORS, K
 
 router = APIRouter(prefix="/images", tags=["images"], dependencies=[Depends(require_read_access)])
 
@@ -73,18 +76,25 @@ async def similar(image_id: ImageId, k: K = 10,
     return answer(live, neighbours, k, start)
 
 
-@router.post("", status_code=201, response_model=ImageAdded, responses=UPLOAD_ERRORS,
-             dependencies=[Depends(require_api_key), Depends(rate_limited)])
-async def add_image(request: Request, file: Annotated[UploadFile, File(description="the image to add")],
-                    label: Label = None, live: LiveVersion = Depends(get_live),
-                    engine: Engine = Depends(get_engine),
+@router.post("", status_code=201, response_model=ImageAdded, responses={
+    200: {"model": ImageAdded, "description": "the same image was already in the collection"},
+    **UPLOAD_ERRORS}, dependencies=[Depends(require_api_key), Depends(rate_limited)])
+async def add_image(response: Response, file: Annotated[UploadFile, File(description="the image to add")],
+                    label: Label = None, engine: Engine = Depends(get_engine),
                     settings: Settings = Depends(get_settings)) -> ImageAdded:
-    """Add an image to the collection folder and the live index (embedded with the live model)."""
+    """Add an image to the collection folder and, as a new published version, to the index (embedded with
+    the live model). It is stored under <collection root>/<label or "uploads">/<content hash>.<ext>."""
     data = await read_limited(file, settings.max_upload_bytes)
     image, _ = await decode_in_thread(data, settings.max_pixels)
     folder = settings.upload_subdir if label is None else label
     path = await run_in_threadpool(collection.save_upload, settings.collection_root, folder, data)
-    added = await engine.run(live.add, image, path, label)
+    item = NewItem(path, label, image.width, image.height, hashlib.sha256(data).hexdigest())
+    try:
+        added, live, created = await run_in_threadpool(engine.add, image, item)
+    except VersionRefused as e:
+        raise HTTPException(503, str(e)) from None
+    if not created:
+        response.status_code = 200
     return ImageAdded(id=added.id, path=added.path, label=added.label, version=live.version,
                       collection_size=live.size, image_url=f"/images/{added.id}",
                       thumbnail_url=f"/images/{added.id}/thumbnail")

@@ -3,6 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 const READY_EVERY_MS = 10000;
+let repeatLast = null; // re-runs the last search (when k changes)
 
 async function errorText(response) {
   try {
@@ -90,19 +91,27 @@ async function run(request, what) {
 function searchFile(file) {
   if (!file) return;
   showPreview(URL.createObjectURL(file));
-  const form = new FormData();
-  form.append("file", file);
-  run(fetch(`/search?k=${$("k").value}`, { method: "POST", body: form }), file.name);
+  repeatLast = () => {
+    const form = new FormData();
+    form.append("file", file);
+    run(fetch(`/search?k=${$("k").value}`, { method: "POST", body: form }), file.name);
+  };
+  repeatLast();
 }
 
 function searchSimilar(hit) {
   showPreview(hit.thumbnail_url);
-  run(fetch(`/images/${hit.id}/similar?k=${$("k").value}`), hit.path);
+  repeatLast = () => run(fetch(`/images/${hit.id}/similar?k=${$("k").value}`), hit.path);
+  repeatLast();
 }
 
 function wireDrop() {
   const drop = $("drop");
-  $("file").addEventListener("change", (e) => searchFile(e.target.files[0]));
+  $("file").addEventListener("change", (e) => {
+    searchFile(e.target.files[0]);
+    e.target.value = ""; // picking the same file again must search again
+  });
+  $("k").addEventListener("change", () => repeatLast?.());
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => {

@@ -1,10 +1,12 @@
-"""Crafted uploads: good files in every awkward mode, and bad ones of every kind, built in memory.
+"""The bad-input corpus: crafted uploads of every kind, each with the exact status and detail it must get.
 
-Each `Case` says what the server must answer: its status and, for errors, its exact `detail`.
+Files are built in memory; refused ones never reach the model, awkward-but-valid ones are decoded
+exactly like the collection. Nothing, however malformed, may produce a 500.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import struct
 import zipfile
@@ -12,8 +14,13 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 from PIL import Image
+from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 
+from service.bodylimit import MULTIPART_SLACK, BodyLimitMiddleware
 from service.uploads import CORRUPT, EMPTY, UNSUPPORTED, too_large, too_many_pixels
 
 MAX_UPLOAD = 10 * 1024 * 1024  # the service defaults the tests run with
@@ -101,6 +108,7 @@ def cases() -> list[Case]:
     """The bad-input corpus (plus the awkward-but-valid files next to them)."""
     jpeg = encode(picture(), "JPEG", quality=90)
     png = encode(picture(), "PNG")
+    webp = encode(picture(), "WEBP", quality=90)
     svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>'
     big = too_many_pixels(MAX_PIXELS)
     return [
@@ -121,6 +129,8 @@ def cases() -> list[Case]:
         Case("jpeg_magic_then_garbage", b"\xff\xd8\xff" + bytes(range(256)) * 4, 422, CORRUPT, "bad.jpg",
              "image/jpeg"),
         Case("png_bad_header_crc", png[:29] + bytes(4) + png[33:], 422, CORRUPT, "crc.png", "image/png"),
+        Case("truncated_webp", webp[: len(webp) // 2], 422, CORRUPT, "half.webp", "image/webp"),
+        Case("bmp_magic_then_garbage", b"BM" + bytes(range(60)), 422, CORRUPT, "bad.bmp", "image/bmp"),
         Case("tiff_magic_only", b"II*\x00" + b"\xff" * 60, 422, CORRUPT, "bad.tif", "image/tiff"),
         Case("decompression_bomb", bilevel_bomb(20_000), 413, big, "bomb.png", "image/png"),
         Case("bomb_in_pillow_warning_zone", bilevel_bomb(10_000), 413, big, "zone.png", "image/png"),
@@ -149,3 +159,94 @@ def gif_header_claiming(width: int, height: int) -> bytes:
     screen = b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
     frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02\x02\x44\x01\x00"
     return screen + frame + b"\x3b"
+
+
+CASES = cases()
+
+
+def test_the_corpus_is_big_enough():
+    refused = [c for c in CASES if c.status != 200]
+    assert len(refused) >= 20 and len({c.name for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_upload_gets_its_exact_status(shared_client, case: Case):
+    r = shared_client.post("/search", params={"k": 3},
+                           files={"file": (case.filename, case.data, case.content_type)})
+    assert r.status_code == case.status, r.text
+    assert r.headers["content-type"] == "application/json"
+    if case.detail is not None:
+        assert r.json() == {"detail": case.detail}
+    else:
+        assert r.json()["k_returned"] == 3
+
+
+def test_chunked_body_over_the_limit_is_413(shared_client):
+    """A chunked body carries no Content-Length: the byte count while reading must stop it."""
+
+    def chunks():
+        yield b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.jpg\"\r\n\r\n\xff\xd8\xff"
+        for _ in range(48):  # 12 MiB
+            yield bytes(256 * 1024)
+
+    r = shared_client.post("/search", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"})
+    assert (r.status_code, r.json()) == (413, {"detail": too_large(MAX_UPLOAD)})
+
+
+def test_body_limit_stops_reading_once_over():
+    """The middleware stops pulling body chunks as soon as the count passes the limit."""
+    chunk, limit = 64 * 1024, 1024 * 1024
+    pulled = 0
+
+    async def receive():
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": bytes(chunk), "more_body": pulled < 1000}
+
+    async def reader(scope, receive, send):  # an app that reads its whole body
+        await Request(scope, receive).body()
+        await JSONResponse({"read": True})(scope, receive, send)
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    app = ExceptionMiddleware(BodyLimitMiddleware(reader, max_upload_bytes=limit))
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": [], "query_string": b""}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 413
+    assert pulled == (limit + MULTIPART_SLACK) // chunk + 1
+
+
+@pytest.mark.parametrize("params, files, loc", [
+    ({"k": 0}, True, "query.k"),
+    ({"k": 10**9}, True, "query.k"),
+    ({"k": -3}, True, "query.k"),
+    ({"k": "ten"}, True, "query.k"),
+    ({"min_score": 2}, True, "query.min_score"),
+    ({"min_score": "nan"}, True, "query.min_score"),
+    ({}, False, "body.file"),
+], ids=["k=0", "k=1e9", "k<0", "k=text", "min_score>1", "min_score=nan", "missing_file_field"])
+def test_invalid_parameters_are_422_with_a_readable_detail(shared_client, params, files, loc):
+    jpeg = encode(picture(), "JPEG")
+    upload = {"file": ("q.jpg", jpeg, "image/jpeg")} if files else {"image": ("q.jpg", jpeg, "image/jpeg")}
+    r = shared_client.post("/search", params=params, files=upload)
+    assert r.status_code == 422
+    body = r.json()
+    assert body["detail"].startswith(f"invalid request: {loc}: ")
+    assert [".".join(map(str, e["loc"])) for e in body["errors"]] == [loc]
+
+
+def test_not_multipart_at_all(shared_client):
+    r = shared_client.post("/search", json={"file": "aGVsbG8="})
+    assert r.status_code == 422 and r.json()["detail"] == "invalid request: body.file: Field required"
+    r = shared_client.post("/search", content=b"\x00" * 100, headers={"content-type": "multipart/form-data"})
+    assert r.status_code in (400, 422) and isinstance(r.json()["detail"], str)
+
+
+def test_refusals_are_counted_by_status(shared_client):
+    shared_client.post("/search", files={"file": ("e.jpg", b"", "image/jpeg")})
+    text = shared_client.get("/metrics").text
+    assert 'npid_http_requests_total{method="POST",route="/search",status="422"}' in text
+    assert 'route="/search",status="500"' not in text

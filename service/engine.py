@@ -1,0 +1,279 @@
+"""The live (model, index) pair and its hot swap.
+
+One `LiveVersion` serves at a time: an index version's Searcher together with the Embedder built from
+the same version's model.pt + preprocess.json, so a query is always embedded by the model that embedded
+the collection it is searched against.
+
+`Engine.check_for_new_version()` reads the store's CURRENT pointer (one small file: cheap enough to poll
+every couple of seconds, which a background thread does); when it names another version, `reload()`
+loads and validates it beside the old one, then swaps the reference in one assignment. Requests take
+`engine.live` once and finish on it, so in-flight work completes on the old version while new requests
+get the new one; the old version is freed when its last request ends. A version that fails to load or
+validate is refused and logged, the old one keeps serving, and it is not retried until the pointer
+moves again. The jobs code calls `check_for_new_version()` (or `reload(version)`) right after publishing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+import numpy as np
+from PIL import Image
+
+from index import ArtifactStore, IndexStoreError, ItemMeta, LoadedVersion, NewItem, VersionConflictError
+from trainer.embed import Embedder
+
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ADD_ATTEMPTS = 3  # an add that races another writer re-embeds with the new current version and retries
+PROBE_GREY = 128  # pixel value of the probe image every new version must embed and search
+
+
+class VersionRefused(RuntimeError):
+    """A version could not be loaded or failed validation; the previous one (if any) keeps serving."""
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbour:
+    id: int
+    score: float
+    path: str
+    label: str | None
+
+
+def _neighbour(hit) -> Neighbour:
+    return Neighbour(hit.id, hit.score, hit.item.path, hit.item.label)
+
+
+class LiveVersion:
+    """A loaded version: searcher + embedder + when it went live. Read-only, shared by all requests."""
+
+    def __init__(self, loaded: LoadedVersion, embedder: Embedder):
+        self.version = loaded.version
+        self.directory = loaded.directory
+        self.manifest = loaded.manifest
+        self.searcher = loaded.searcher
+        self.embedder = embedder
+        self.loaded_at = datetime.now(timezone.utc)
+
+    @property
+    def size(self) -> int:
+        return self.searcher.ntotal
+
+    @property
+    def dim(self) -> int:
+        return self.searcher.dim
+
+    @property
+    def model_digest(self) -> tuple[str, str]:
+        """Checksums of model.pt and preprocess.json: equal digests, same embedder."""
+        files = self.manifest["files"]
+        return files["model.pt"]["sha256"], files["preprocess.json"]["sha256"]
+
+    @cached_property
+    def _by_path(self) -> dict[str, int]:
+        return {it.path: it.id for it in self.searcher.metadata.items}
+
+    def item(self, image_id: int) -> ItemMeta | None:
+        metadata = self.searcher.metadata
+        return metadata.get(image_id) if image_id in metadata else None
+
+    def find_path(self, path: str) -> ItemMeta | None:
+        image_id = self._by_path.get(path)
+        return None if image_id is None else self.item(image_id)
+
+    def embed(self, image: Image.Image) -> np.ndarray:
+        return self.embedder.embed([image])  # 1 x D
+
+    def query(self, image: Image.Image, k: int, min_score: float | None) -> tuple[list[Neighbour], dict]:
+        """Neighbours of a decoded RGB image, and the seconds of each stage {"embed", "search"}."""
+        t0 = time.perf_counter()
+        vector = self.embed(image)
+        t1 = time.perf_counter()
+        hits = self.searcher.search(vector, k, min_score)[0]
+        t2 = time.perf_counter()
+        return [_neighbour(h) for h in hits], {"embed": t1 - t0, "search": t2 - t1}
+
+    def similar(self, image_id: int, k: int, min_score: float | None) -> list[Neighbour]:
+        """Neighbours of a collection image by its stored embedding, the image itself left out."""
+        hits = self.searcher.search(self.searcher.vector(image_id), min(k + 1, self.size), min_score)[0]
+        return [_neighbour(h) for h in hits if h.id != image_id][:k]
+
+    def validate(self) -> None:
+        """Refuse a version whose model and index cannot work together; raises ValueError."""
+        if self.embedder.dim != self.searcher.dim:
+            raise ValueError(f"model embeds in {self.embedder.dim} dimensions, the index holds "
+                             f"{self.searcher.dim}")
+        if self.size == 0:
+            raise ValueError("the index is empty")
+        side = self.embedder.pre.image_size
+        probe = self.embed(Image.new("RGB", (side, side), (PROBE_GREY,) * 3))  # 1 x D
+        if probe.shape != (1, self.dim) or not np.isfinite(probe).all():
+            raise ValueError("the model returns non-finite embeddings")
+        if abs(float(np.linalg.norm(probe)) - 1.0) > 1e-3:
+            raise ValueError("the model's embeddings are not unit vectors")
+        hits = self.searcher.search(probe, 1)[0]
+        if not hits or not np.isfinite(hits[0].score):
+            raise ValueError("the index answers no neighbour for a probe query")
+
+
+class Engine:
+    """Holds the live version, swaps in new ones, adds images. Thread-safe; blocking methods are meant
+    for threads (the poller, request worker threads), never for the event loop."""
+
+    def __init__(self, artifacts_dir: str | Path, device: str = "cpu", poll_interval_s: float = 2.0,
+                 inference_concurrency: int = 1, metrics: Metrics | None = None):
+        self.store = ArtifactStore(artifacts_dir)
+        self.device = device
+        self.poll_interval_s = poll_interval_s
+        self.metrics = metrics or Metrics()
+        self.limiter = anyio.CapacityLimiter(inference_concurrency)  # model calls at once
+        self.not_ready_reason: str | None = f"no index version has been published in {artifacts_dir}"
+        self._live: LiveVersion | None = None
+        self._refused: str | None = None  # last version refused: not retried until CURRENT moves
+        self._reload_lock = threading.Lock()  # one load and swap at a time
+        self._add_lock = threading.Lock()  # one add at a time from this process
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self.metrics.watch(self._state)
+
+    # ---------------------------------------------------------------------------------- state
+
+    @property
+    def live(self) -> LiveVersion | None:
+        """The version serving now (None before the first load). Take it once per request."""
+        return self._live
+
+    def _state(self) -> tuple[str | None, int]:
+        live = self._live
+        return (None, 0) if live is None else (live.version, live.size)
+
+    # ---------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Load the current version (if there is one) and start polling CURRENT."""
+        self.check_for_new_version()
+        self._stop.clear()
+        self._poller = threading.Thread(target=self._poll, name="npid-version-poller", daemon=True)
+        self._poller.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=10)
+            self._poller = None
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_interval_s):
+            try:
+                self.check_for_new_version()
+            except Exception:  # the poller must outlive any surprise: log it and poll again
+                log.exception("version check failed")
+
+    # ---------------------------------------------------------------------------------- swapping
+
+    def check_for_new_version(self) -> bool:
+        """Swap to the version CURRENT names if it is new (and was not refused). True if swapped."""
+        try:
+            current = self.store.current_version()
+        except IndexStoreError as e:  # an unreadable pointer: keep serving what we have
+            log.warning("cannot read the current version: %s", e)
+            return False
+        live = self._live
+        if current is None or current == self._refused or (live is not None and live.version == current):
+            return False
+        try:
+            self.reload(current)
+        except VersionRefused:
+            return False
+        return True
+
+    def reload(self, version: str | None = None) -> LiveVersion:
+        """Load `version` (default: the current one) beside the live one, validate it, swap.
+
+        Raises VersionRefused, after logging it, when the version cannot serve; the live one stays.
+        """
+        with self._reload_lock:
+            old = self._live
+            version = version or self.store.current_version()
+            if version is None:
+                raise VersionRefused(self.not_ready_reason)
+            if old is not None and old.version == version:
+                return old
+            start = time.perf_counter()
+            try:
+                new = self._load(version, old)
+            except Exception as e:  # any fault of a new version: refuse it, keep serving the old one
+                self._refused = version
+                self.metrics.swaps.labels("refused").inc()
+                serving = "nothing" if old is None else old.version
+                log.error("refused version %s (still serving %s): %s: %s", version, serving,
+                          type(e).__name__, e)
+                if old is None:
+                    self.not_ready_reason = f"index version {version} could not be loaded: {e}"
+                raise VersionRefused(f"version {version} refused: {e}") from e
+            self._live = new  # the swap: one reference assignment, model and index together
+            self._refused = None
+            self.not_ready_reason = None
+            self.metrics.swaps.labels("swapped").inc()
+            log.info("serving version %s (%d images) after %.2fs; was %s", version, new.size,
+                     time.perf_counter() - start, "nothing" if old is None else old.version)
+            return new
+
+    def _load(self, version: str, old: LiveVersion | None) -> LiveVersion:
+        loaded = self.store.load(version, verify=True, gpu=self.device.startswith("cuda"))
+        files = loaded.manifest["files"]
+        digest = (files["model.pt"]["sha256"], files["preprocess.json"]["sha256"])
+        if old is not None and old.model_digest == digest:  # same model (e.g. after an add): reuse it
+            embedder = old.embedder
+        else:
+            embedder = Embedder.from_dir(loaded.directory, self.device)
+        new = LiveVersion(loaded, embedder)
+        new.validate()
+        return new
+
+    # ---------------------------------------------------------------------------------- work
+
+    async def run(self, fn: Callable[..., T], *args) -> T:
+        """Run blocking model work in a worker thread, at most `inference_concurrency` at once."""
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    def add(self, image: Image.Image, item: NewItem) -> tuple[ItemMeta, LiveVersion, bool]:
+        """Add an image to the index as a new published version, embedded with the current version's model.
+
+        Returns (its metadata, the version now serving, created). An image already indexed under the same
+        path is returned as is (created False). Blocking: call from a thread.
+        """
+        with self._add_lock:
+            for _ in range(ADD_ATTEMPTS):
+                self.check_for_new_version()
+                live = self._live
+                if live is None:
+                    raise VersionRefused(self.not_ready_reason)
+                existing = live.find_path(item.path)
+                if existing is not None:
+                    return existing, live, False
+                vector = live.embed(image)
+                try:
+                    version, ids = self.store.add(vector, [item], base=live.version)
+                except VersionConflictError:  # another writer published first: embed with its model
+                    if self.store.current_version() == self._refused:
+                        raise VersionRefused(f"the current index version {self._refused} was refused: "
+                                             "images cannot be added until a loadable version is published") from None
+                    log.info("version moved during an add; retrying on the new current version")
+                    continue
+                new = self.reload(version)
+                return new.item(int(ids[0])), new, True
+            raise VersionRefused("the index kept changing during the add; try again")

@@ -1,0 +1,160 @@
+"""What the background jobs do, free of Celery and HTTP: retrain + index + publish, or re-embed + publish.
+
+Only a complete, validated version is ever published: the index is built unpublished, the job checks for
+a cancel request, then `ArtifactStore.publish` moves CURRENT in one atomic step. The API's engine picks the
+new version up by itself (it polls CURRENT).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from index import ArtifactStore, IndexConfig
+from trainer.augment import Preprocess
+from trainer.config import TrainConfig
+from trainer.data import ImageFolder, scan_folder
+from trainer.distributed import local_device
+from trainer.embed import embed_dataset, load_model, write_export
+from trainer.train import Progress, TrainingCancelled, train
+
+from .jobs import Job, JobStore
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+CPU_IMAGES_PER_S = 250.0  # ResNet-18 width 16 at 32 px, train step on 2 cores (docs/trainer-benchmark.md)
+CANCEL_CHECK_S = 1.0
+SOFTMAX_MAX_IMAGES = 200_000  # up to here jobs train with the exact softmax (B x n logits per step)
+
+
+def training_config(settings: Settings, overrides: dict[str, Any], n_images: int, cuda: bool) -> TrainConfig:
+    """The job's TrainConfig: file defaults (NPID_TRAIN_CONFIG), then the machine's budget, then overrides.
+
+    With a GPU: the paper's recipe (ResNet-18, 200 epochs). On a CPU: a narrow ResNet-18 and as many
+    epochs as fit NPID_CPU_TRAIN_MINUTES, so a first version is live in minutes. Collections up to
+    SOFTMAX_MAX_IMAGES use the exact softmax (tau 0.1, Table 1's best row) instead of NCE.
+    """
+    base = TrainConfig.from_file(settings.train_config).to_dict() if settings.train_config else {}
+    if cuda:
+        budget: dict[str, Any] = {}
+    else:
+        width = base.get("width", 16)
+        epochs = int(settings.cpu_train_minutes * 60 * CPU_IMAGES_PER_S * (16 / width) ** 2 / max(n_images, 1))
+        budget = {"width": width, "epochs": max(1, min(epochs, 50)), "schedule": "cosine"}
+    if n_images <= SOFTMAX_MAX_IMAGES:  # exact softmax: the paper's best row, and stable on small collections
+        budget.update(objective="softmax", temperature=0.1)
+    merged = {**TrainConfig().to_dict(), **budget, **base, **overrides}
+    merged["negatives"] = max(1, min(merged["negatives"], n_images - 1))
+    merged["knn_every"] = base.get("knn_every", 5)
+    return TrainConfig.from_dict(merged)
+
+
+class JobReporter:
+    """Turns trainer progress into heartbeats and answers the trainer's `should_stop` from Redis."""
+
+    def __init__(self, store: JobStore, job: Job):
+        self.store, self.job = store, job
+        self.last_check, self.stop = 0.0, False
+
+    def phase(self, name: str, **extra: Any) -> None:
+        self.store.beat(self.job, {"phase": name, **extra}, force=True)
+
+    def progress(self, p: Progress) -> None:
+        self.store.beat(self.job, {k: v for k, v in asdict(p).items() if v is not None}, force=p.phase != "training")
+
+    def should_stop(self) -> bool:
+        if not self.stop and time.monotonic() - self.last_check >= CANCEL_CHECK_S:
+            self.last_check = time.monotonic()
+            self.stop = self.store.cancel_requested(self.job.id)
+            self.store.beat(self.job)  # keeps the lease alive even between progress reports
+        return self.stop
+
+
+def publish_unless_cancelled(store: ArtifactStore, export_dir: Path, reporter: JobReporter) -> str:
+    reporter.phase("indexing")
+    version = store.build(export_dir, IndexConfig(), publish=False)
+    if reporter.store.cancel_requested(reporter.job.id):
+        raise TrainingCancelled("cancelled before publishing")
+    reporter.phase("publishing", version=version)
+    store.publish(version)
+    return version
+
+
+def run_train_job(settings: Settings, jobs: JobStore, job: Job) -> None:
+    """Train on the collection, export, build an index, publish. Records the outcome on the job."""
+    run_job(jobs, job, lambda reporter: _train(settings, job, reporter))
+
+
+def run_index_job(settings: Settings, jobs: JobStore, job: Job) -> None:
+    """Re-embed the collection with the live model (no training) and publish a new version."""
+    run_job(jobs, job, lambda reporter: _reindex(settings, job, reporter))
+
+
+def run_job(jobs: JobStore, job: Job, body: Callable[[JobReporter], tuple[str, dict]]) -> None:
+    reporter = JobReporter(jobs, job)
+    try:
+        version, metrics = body(reporter)
+    except TrainingCancelled:
+        log.info("job %s cancelled", job.id)
+        jobs.cancelled(job)
+    except Exception as e:  # a job must end in a recorded state whatever happened; the log keeps the trace
+        log.exception("job %s failed", job.id)
+        jobs.fail(job, f"{type(e).__name__}: {e}")
+    else:
+        jobs.succeed(job, version, metrics)
+
+
+def _configure_threads(settings: Settings) -> None:
+    """Leave the API a core: training takes all but one (NPID_WORKER_THREADS overrides)."""
+    threads = settings.worker_threads or max(1, (os.cpu_count() or 2) - 1)
+    torch.set_num_threads(threads)
+
+
+def _train(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, dict]:
+    _configure_threads(settings)
+    reporter.phase("loading")
+    n = len(scan_folder(settings.collection_root))
+    device = local_device(settings.train_device)  # CUDA is first touched here, inside the task
+    cfg = training_config(settings, job.params, n, device.type == "cuda")
+    run = settings.artifacts_dir / "runs" / job.id
+    cfg = cfg.replace(data=str(settings.collection_root), out=str(run), device=str(device), progress=False)
+    log.info("job %s: training %s", job.id, cfg.to_dict())
+    metrics = train(cfg, on_progress=reporter.progress, should_stop=reporter.should_stop, resume=False)
+    version = publish_unless_cancelled(ArtifactStore(settings.artifacts_dir), run / "export", reporter)
+    (run / "checkpoint.pt").unlink(missing_ok=True)  # the version holds the model; keep the logs and pictures
+    return version, {**metrics, "train_config": cfg.to_dict()}
+
+
+def _reindex(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, dict]:
+    _configure_threads(settings)
+    reporter.phase("loading")
+    store = ArtifactStore(settings.artifacts_dir)
+    live = store.load()
+    device = local_device(settings.train_device)
+    encoder = load_model(live.directory / "model.pt", device)
+    model_cfg = torch.load(live.directory / "model.pt", map_location="cpu", weights_only=True)["model_config"]
+    pre = Preprocess.load(live.directory / "preprocess.json")
+    ds = ImageFolder(settings.collection_root)
+    skipped = ds.validate()
+    reporter.phase("embedding", images=len(ds))
+    if reporter.should_stop():
+        raise TrainingCancelled("cancelled before embedding")
+    feats = embed_dataset(encoder, ds, pre, device, progress=False).cpu().numpy()
+    export = settings.artifacts_dir / "runs" / job.id / "export"
+    metrics = {"images": len(ds), "skipped": len(skipped), "model_from": live.version}
+    write_export(export, feats, ds, encoder, model_cfg, pre,
+                 {"train_config": (live.manifest.get("training") or {}).get("config"), "metrics": metrics})
+    try:
+        version = publish_unless_cancelled(store, export, reporter)
+    finally:
+        shutil.rmtree(export.parent, ignore_errors=True)
+    return version, metrics

@@ -166,7 +166,8 @@ class ArtifactStore:
 
     def list(self) -> list[VersionInfo]:
         """Every version on disk, oldest first, with its manifest (or why it could not be read)."""
-        current = self.current_version()
+        current = self._pointer_or_none()
+        current = None if current is None else current.version
         out = []
         for version in self.versions():
             try:
@@ -272,6 +273,13 @@ class ArtifactStore:
             elif path.name.startswith(f".{POINTER}.tmp-"):
                 path.unlink(missing_ok=True)
 
+    def _pointer_or_none(self) -> Pointer | None:
+        try:
+            return read_pointer(self.root)
+        except DamagedVersionError as e:
+            log.warning("%s", e)
+            return None
+
     def _base(self, base: str, publish: bool) -> tuple[Content, dict]:
         current = self.current_version()
         if publish and current != base:
@@ -297,9 +305,10 @@ class ArtifactStore:
         try:
             names = write_content(stage, content)
             version = self._next_version()
+            parent = self._pointer_or_none()
             manifest = seal({"format": FORMAT, "version": version, "created": utc_now(),
-                             "parent": self.current_version(), **fields, "libraries": library_versions(),
-                             "files": digest_files(stage, names)})
+                             "parent": None if parent is None else parent.version, **fields,
+                             "libraries": library_versions(), "files": digest_files(stage, names)})
             (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))
             fsync_tree(stage)
             _step(on_step, "staged")
@@ -315,8 +324,9 @@ class ArtifactStore:
         return version
 
     def _switch(self, version: str, on_step: OnStep) -> None:
-        """Point CURRENT at `version` (writer lock held), remembering the previous one; then prune."""
-        old = read_pointer(self.root)
+        """Point CURRENT at `version` (writer lock held), remembering the previous one; then prune.
+        A damaged pointer is replaced (its history is lost)."""
+        old = self._pointer_or_none()
         existing = set(self.versions())
         earlier = () if old is None else (old.version, *old.history)
         history = tuple(v for v in dict.fromkeys(earlier) if v != version and v in existing)[: self.keep]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 from dataclasses import dataclass
 
@@ -31,12 +32,14 @@ class Hit:
     item: ItemMeta
 
 
-def search_params(spec: IndexSpec, value: int | None, k: int) -> faiss.SearchParameters | None:
-    """Per-call FAISS parameters; HNSW explores at least k candidates so that it can return k results."""
+def search_params(spec: IndexSpec, value: int | None, k: int, ntotal: int) -> faiss.SearchParameters | None:
+    """Per-call FAISS parameters, widened for large k so that the index can return k results: HNSW keeps at
+    least k candidates, IVF probes lists holding about twice k vectors on average."""
     if spec.param == "efSearch":
         return faiss.SearchParametersHNSW(efSearch=max(int(value), k))
     if spec.param == "nprobe":
-        return faiss.SearchParametersIVF(nprobe=int(value))
+        wide = math.ceil(2 * k * spec.nlist / max(ntotal, 1))
+        return faiss.SearchParametersIVF(nprobe=min(spec.nlist, max(int(value), wide)))
     return None
 
 
@@ -106,7 +109,7 @@ class Searcher:
         if not 1 <= k <= MAX_K:
             raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
         q = unit_rows(queries, self.dim)  # B x D, unit rows
-        params = search_params(self.spec, self.value, k)
+        params = search_params(self.spec, self.value, k, self.ntotal)
         with self._lock:
             scores, ids = self.index.search(q, k, params=params)  # B x K each
         scores[ids < 0] = -np.inf

@@ -80,7 +80,7 @@ def tune(index: faiss.Index, spec: IndexSpec, queries: np.ndarray, truth: np.nda
     """
     curve = []
     for value in candidate_values(spec):
-        _, found = index.search(queries, RECALL_K, params=search_params(spec, value, RECALL_K))
+        _, found = index.search(queries, RECALL_K, params=search_params(spec, value, RECALL_K, index.ntotal))
         curve.append((value, recall_at_k(found, truth)))
         if curve[-1][1] >= target:
             break

@@ -5,7 +5,7 @@ import pytest
 
 from index.build import build_tuned
 from index.config import IndexConfig
-from index.plan import choose_spec
+from index.plan import IndexSpec, choose_spec
 from index.search import search_params
 from index.tune import exact_neighbours, recall_at_k
 
@@ -32,8 +32,18 @@ def test_ann_meets_recall_target(data, kind):
     # the smallest setting that reaches the target: every smaller one tried fell short
     assert len(tuning.curve) > 1 and all(r < 0.95 for _, r in tuning.curve[:-1])
     assert tuning.value == tuning.curve[-1][0]
-    _, found = built.index.search(queries, 10, params=search_params(spec, tuning.value, 10))
+    _, found = built.index.search(queries, 10, params=search_params(spec, tuning.value, 10, N))
     assert recall_at_k(found, truth) >= 0.93  # fresh queries: the held-out estimate, within sampling error
+
+
+def test_large_k_widens_the_search():
+    ivf = IndexSpec("ivf_flat", D, nlist=1024)
+    assert search_params(ivf, 1, 10, 50_000).nprobe == 1
+    assert search_params(ivf, 1, 1000, 50_000).nprobe == 41  # lists of ~49: probe ~2000 vectors for k=1000
+    assert search_params(ivf, 8, 1000, 10_000).nprobe == 205
+    assert search_params(ivf, 8, 1000, 1000).nprobe == 1024
+    assert search_params(IndexSpec("hnsw", D, hnsw_m=32), 24, 500, 10_000).efSearch == 500
+    assert search_params(IndexSpec("flat", D), None, 500, 10_000) is None
 
 
 def test_recall_at_k():

@@ -150,6 +150,17 @@ def test_remove_from_hnsw_rebuilds_graph(tmp_path, make_export, vectors):
     assert lv.manifest["index"]["recall_measured_on"] == base
 
 
+@pytest.mark.parametrize("kind", ["hnsw", "ivf_flat"])
+def test_approximate_versions_return_k_up_to_1000(tmp_path, make_export, vectors, kind):
+    x = vectors.random(3000, D, seed=9)
+    store = ArtifactStore(tmp_path / "store")
+    store.build(make_export(x), IndexConfig(kind=kind, tune_queries=100))
+    lv = store.load()
+    assert lv.manifest["index"]["tuning"]["queries"] == 100
+    hits = lv.searcher.search(x[:2], k=1000)
+    assert [len(h) for h in hits] == [1000, 1000] and [h[0].id for h in hits] == [0, 1]
+
+
 def test_update_errors(tmp_path, export, vectors):
     store = ArtifactStore(tmp_path / "store")
     base = store.build(export)

@@ -65,7 +65,13 @@ def test_store_works_around_a_damaged_version(store):
     assert infos[1].manifest is not None and infos[1].current
 
 
-def test_damaged_pointer_is_reported(store):
+def test_damaged_pointer_is_reported_and_repaired_by_a_publish(store):
+    first, second = store.versions()
     (store.root / "CURRENT").write_text("v0000")
     with pytest.raises(DamagedVersionError, match="pointer"):
         store.current_version()
+    with pytest.raises(DamagedVersionError, match="pointer"):
+        store.load()
+    assert [i.current for i in store.list()] == [False, False]
+    store.publish(first)
+    assert store.current_version() == first and store.load().version == first

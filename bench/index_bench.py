@@ -169,11 +169,12 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs, {mem:.0f} GiB RAM, {gpus} GPU(s) visible to faiss"
 
 
-def markdown(rows: list[Row], command: str, seconds: float, data_note: str) -> str:
+def markdown(rows: list[Row], command: str, seconds: float, data_note: str, load: tuple[float, float]) -> str:
     libs = ", ".join(f"{k} {v}" for k, v in library_versions().items())
     out = [
         "# Index benchmark", "",
-        f"- machine: {machine()}",
+        f"- machine: {machine()}; 1-minute load average {load[0]:.2f} at the start, {load[1]:.2f} at the end "
+        "(other processes share this machine: above ~0.3 the timings are pessimistic)",
         f"- libraries: {libs}",
         f"- command: `{command}` (total {seconds / 60:.1f} min, {time.strftime('%Y-%m-%d', time.gmtime())})",
         f"- data: {data_note}",
@@ -216,6 +217,7 @@ def main() -> None:
     parser.add_argument("--out", default="docs/index-benchmark.md")
     args = parser.parse_args()
     t0 = time.perf_counter()
+    load_start = os.getloadavg()[0]
     rows = []
     queries = clustered(N_QUERIES, seed=10_000)  # fresh: another seed, the same clusters
     for n in args.sizes:
@@ -232,7 +234,7 @@ def main() -> None:
     command = "python bench/index_bench.py" + (f" --sizes {' '.join(map(str, args.sizes))}"
                                                if args.sizes != [50_000, 1_000_000] else "")
     command += f" --export {args.export}" if args.export else ""
-    text = markdown(rows, command, time.perf_counter() - t0, data_note)
+    text = markdown(rows, command, time.perf_counter() - t0, data_note, (load_start, os.getloadavg()[0]))
     Path(args.out).write_text(text)
     print(text)
 

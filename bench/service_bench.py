@@ -56,7 +56,7 @@ import synthetic  # noqa: E402  (the test-suite's generated collections)
 
 LEVELS = {1: 300, 4: 600, 16: 1200}  # concurrency -> measured requests
 WARMUP = 30
-FLOOR_CALLS = 300
+ROUNDS = 10  # concurrency 1 and the floor alternate in blocks, so both see the same machine load
 K = 10
 GOAL_RATIO = 1.3  # p50 at concurrency 1 over the floor's p50
 BOUNDARY = "npidbenchboundary"
@@ -103,20 +103,15 @@ def make_query(size: int) -> bytes:
     return buf.getvalue()
 
 
-def measure_floor(store: Path, query: bytes) -> list[float]:
-    """decode + embed + search in this process, through the service's own code."""
-    engine = Engine(store, "cpu")
-    engine.check_for_new_version()
-    live = engine.live
+def floor_calls(live, query: bytes, n: int) -> list[float]:
+    """decode + embed + search in this process, through the service's own code: n latencies, ms."""
     out = []
-    for i in range(WARMUP + FLOOR_CALLS):
+    for _ in range(n):
         start = time.perf_counter()
         image = decode_upload(query, 40_000_000)
         neighbours, _ = live.query(image, K, None)
-        elapsed = (time.perf_counter() - start) * 1000.0
+        out.append((time.perf_counter() - start) * 1000.0)
         assert len(neighbours) == K
-        if i >= WARMUP:
-            out.append(elapsed)
     return out
 
 
@@ -137,7 +132,8 @@ async def one_connection(port: int, request: bytes, count: int, latencies: list[
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
             status = int(lines[0].split()[1])
-            length = next(int(v) for k, _, v in (ln.partition(":") for ln in lines[1:]) if k.lower() == "content-length")
+            fields = dict(ln.partition(":")[::2] for ln in lines[1:] if ln)
+            length = int(next(v for k, v in fields.items() if k.lower() == "content-length"))
             body = await reader.readexactly(length)
             latencies.append((time.perf_counter() - start) * 1000.0)
             if status != 200 or json.loads(body)["k_returned"] != K:
@@ -146,8 +142,8 @@ async def one_connection(port: int, request: bytes, count: int, latencies: list[
         writer.close()
 
 
-async def run_level(port: int, request: bytes, concurrency: int, total: int) -> Level:
-    await one_connection(port, request, WARMUP, [], [])
+async def run_level(port: int, request: bytes, concurrency: int, total: int, warmup: int = WARMUP) -> Level:
+    await one_connection(port, request, warmup, [], [])
     latencies: list[float] = []
     errors: list[str] = []
     per = total // concurrency
@@ -159,15 +155,27 @@ async def run_level(port: int, request: bytes, concurrency: int, total: int) -> 
     return Level(concurrency, latencies, len(errors), wall)
 
 
+def interleaved(live, port: int, request: bytes, query: bytes, total: int) -> tuple[list[float], Level]:
+    """The floor and concurrency 1, alternating in ROUNDS blocks: (floor latencies, server level)."""
+    floor: list[float] = []
+    blocks: list[Level] = []
+    for _ in range(ROUNDS):
+        floor += floor_calls(live, query, total // ROUNDS)
+        blocks.append(asyncio.run(run_level(port, request, 1, total // ROUNDS, warmup=2)))
+    merged = Level(1, [ms for b in blocks for ms in b.latencies_ms], sum(b.errors for b in blocks),
+                   sum(b.wall_s for b in blocks))
+    return floor, merged
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start_server(collection: Path, store: Path, port: int) -> subprocess.Popen:
+def start_server(collection: Path, store: Path, port: int, torch_threads: int) -> subprocess.Popen:
     env = {**os.environ, "NPID_COLLECTION_ROOT": str(collection), "NPID_ARTIFACTS_DIR": str(store),
-           "NPID_RATE_LIMIT_PER_MINUTE": "0", "NPID_LOG_LEVEL": "WARNING"}
+           "NPID_RATE_LIMIT_PER_MINUTE": "0", "NPID_LOG_LEVEL": "WARNING", "NPID_TORCH_THREADS": str(torch_threads)}
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--host", "127.0.0.1",
            "--port", str(port), "--no-access-log", "--log-level", "warning"]
     server = subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parents[1])
@@ -204,7 +212,7 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def report(floor: list[float], levels: list[Level], setup: str, command: str) -> str:
+def report(floor: list[float], levels: list[Level], setup: str, command: str, load: str) -> str:
     f50 = statistics.median(floor)
     rows = [f"| in-process floor (decode + embed + search) | - | {f50:.2f} | {pct(floor, 95):.2f} | "
             f"{pct(floor, 99):.2f} | {1000.0 / statistics.mean(floor):.0f} | - | 1.00 |"]
@@ -223,7 +231,8 @@ def report(floor: list[float], levels: list[Level], setup: str, command: str) ->
         "| what | concurrency | p50 ms | p95 ms | p99 ms | requests/s | errors | p50 / floor p50 |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *rows, "", *goals, "",
-        f"- machine: {cpu_name()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
+        f"- machine: {cpu_name()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+        f"load average {load}",
         f"- versions: {versions()}",
         f"- setup: {setup}",
         f"- command: `{command}`",
@@ -238,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=64, help="ResNet-18 first-stage channels (64 = the paper's)")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--query-size", type=int, default=256, help="side of the JPEG query, px")
-    p.add_argument("--levels", type=int, nargs="+", default=list(LEVELS), help="concurrency levels")
+    p.add_argument("--levels", type=int, nargs="+", default=list(LEVELS), help="concurrency levels (1 always runs)")
+    p.add_argument("--torch-threads", type=int, default=torch.get_num_threads(),
+                   help="intra-op threads, for the floor and the server (NPID_TORCH_THREADS)")
     p.add_argument("--out", type=Path, help="write the markdown table here")
     args = p.parse_args(argv)
     command = "python bench/service_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -254,20 +265,27 @@ def main(argv: list[str] | None = None) -> int:
                      f"{args.dim}-d, random init), exact index; query a {args.query_size}x{args.query_size} "
                      f"JPEG, k={K}")
         query = make_query(args.query_size)
-        print("measuring the in-process floor...")
-        floor = measure_floor(store, query)
+        torch.set_num_threads(args.torch_threads)
+        engine = Engine(store, "cpu")
+        engine.check_for_new_version()
+        live = engine.live
+        floor_calls(live, query, WARMUP)
         port = free_port()
-        server = start_server(collection, store, port)
+        server = start_server(collection, store, port, args.torch_threads)
+        load_before = os.getloadavg()[0]
         try:
-            request = request_bytes(query, port)
-            levels = []
-            for c in args.levels:
+            request = bytes(request_bytes(query, port))
+            print("concurrency 1, alternating with the in-process floor...")
+            floor, c1 = interleaved(live, port, request, query, LEVELS[1])
+            levels = [c1]
+            for c in (c for c in args.levels if c != 1):
                 print(f"concurrency {c}...")
                 levels.append(asyncio.run(run_level(port, request, c, LEVELS.get(c, 50 * c))))
         finally:
             server.terminate()
             server.wait(timeout=30)
-    table = report(floor, levels, setup, command)
+        load = f"{load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end (1-minute)"
+    table = report(floor, levels, setup, command, load)
     print(table)
     if args.out:
         text = args.out.read_text() if args.out.exists() else ""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -66,6 +67,15 @@ def timed(fn, reps: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def npid_part(f0: torch.Tensor, bank: MemoryBank, idx: torch.Tensor, z: torch.Tensor, m: int) -> None:
+    """Everything NPID adds to a step: noise ids, bank gather, logits, NCE loss + its backward, bank update."""
+    f = f0.clone().requires_grad_()  # B x D, stands in for the encoder output
+    noise = torch.randint(bank.n, (len(idx), m))  # B x m
+    pos, neg = losses.pos_neg_logits(f, bank.vectors, idx, noise, 0.07)  # B, B x m
+    losses.nce_loss(pos, neg, z, bank.n).backward()
+    bank.update(idx, f.detach())
+
+
 def step_cost(args) -> str:
     """Per-step cost split for a ResNet-18 CIFAR step: encoder forward+backward vs the NPID part."""
     torch.manual_seed(0)
@@ -87,14 +97,7 @@ def step_cost(args) -> str:
         idx = torch.randperm(n)[:b]
         z = torch.tensor(float(n))
 
-        def npid_part():
-            f = f0.clone().requires_grad_()
-            noise = torch.randint(n, (b, m))
-            pos, neg = losses.pos_neg_logits(f, bank.vectors, idx, noise, 0.07)  # B, B x m
-            losses.nce_loss(pos, neg, z, n).backward()
-            bank.update(idx, f.detach())
-
-        t_npid = timed(npid_part, args.reps * 3)
+        t_npid = timed(functools.partial(npid_part, f0, bank, idx, z, m), args.reps * 3)
         rows.append((n, t_npid))
     lines = [f"| encoder fwd+bwd+SGD (ResNet-18, 32 px, batch {b}) | {t_enc * 1e3:.0f} ms | 100% |"]
     for n, t in rows:

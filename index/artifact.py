@@ -166,8 +166,8 @@ class ArtifactStore:
 
     def list(self) -> list[VersionInfo]:
         """Every version on disk, oldest first, with its manifest (or why it could not be read)."""
-        current = self._pointer_or_none()
-        current = None if current is None else current.version
+        pointer = self._pointer_or_none()
+        current = None if pointer is None else pointer.version
         out = []
         for version in self.versions():
             try:

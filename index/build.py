@@ -16,6 +16,7 @@ import numpy as np
 
 from .config import IndexConfig
 from .plan import IndexSpec
+from .search import gpu_count
 from .tune import RECALL_K, Tuning, exact_neighbours, tune
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,6 @@ class Built:
     spec: IndexSpec
     tuning: Tuning
     seconds: float  # wall time of train + add + tune
-
-
-def gpu_count() -> int:
-    return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
 
 
 def new_index(spec: IndexSpec, seed: int = 0) -> faiss.Index:

@@ -8,7 +8,7 @@
     npid index search --id 123
     npid index stats [--version v000003]
 
-Every action takes --store (default: $NPID_INDEX_ROOT, else artifacts/index) and --json where it prints
+Every action takes --store (default: $NPID_ARTIFACTS_DIR, else artifacts/index) and --json where it prints
 results. Expected failures (missing or damaged version, dimension mismatch, empty collection, unreadable
 image) print one line `error: ...` on stderr and exit with status 2.
 """
@@ -210,8 +210,8 @@ def version_stats(lv: LoadedVersion, current: str | None) -> dict:
 def register(subparsers) -> None:
     """Add `index` and its actions to the `npid` parser (service/cli.py)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--store", default=os.environ.get("NPID_INDEX_ROOT", DEFAULT_STORE),
-                        help="artifact store root (default: $NPID_INDEX_ROOT, else %(default)s)")
+    common.add_argument("--store", default=os.environ.get("NPID_ARTIFACTS_DIR", DEFAULT_STORE),
+                        help="artifact store root (default: $NPID_ARTIFACTS_DIR, else %(default)s)")
     common.add_argument("--keep", type=int, default=5, help="versions kept for rollback (default 5)")
     printing = argparse.ArgumentParser(add_help=False)
     printing.add_argument("--json", action="store_true", help="print JSON")

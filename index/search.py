@@ -59,9 +59,14 @@ def unit_rows(vectors: np.ndarray, dim: int) -> np.ndarray:
     return np.ascontiguousarray(q / norms)
 
 
+def gpu_count() -> int:
+    """GPUs usable by this faiss build (0 with faiss-cpu)."""
+    return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+
+
 def gpu_clone(index: faiss.Index) -> tuple[faiss.Index, object] | None:
     """(GPU copy of index, its resources), or None where faiss has no GPU or cannot move this kind."""
-    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
+    if gpu_count() == 0:
         return None
     res = faiss.StandardGpuResources()
     try:

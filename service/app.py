@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
+import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
@@ -40,6 +41,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         log.info("settings: %s", settings.masked())
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
         await run_in_threadpool(engine.start)  # loads the current version, if any, then polls
         try:
             yield

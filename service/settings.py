@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     device: str = "cpu"  # cpu | cuda | cuda:N, where the live model runs
     poll_interval_s: float = Field(2.0, gt=0)  # how often the `current` pointer is checked
     inference_concurrency: int = Field(1, ge=1)  # model calls at once (CPU: 1 uses every core already)
+    torch_threads: int = Field(0, ge=0)  # intra-op threads per model call; 0 = torch's default (all cores)
 
     # --- upload limits ---
     max_upload_bytes: int = Field(10 * MiB, ge=1)  # per file; the request body may add multipart overhead

@@ -14,6 +14,9 @@ log = logging.getLogger(__name__)
 
 
 def _flag_type(tp):
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if type(None) in typing.get_args(tp) and len(args) == 1:  # Optional[X]: the flag takes an X
+        tp = args[0]
     origin = typing.get_origin(tp)
     if origin is tuple:
         return {"nargs": "+", "type": int}

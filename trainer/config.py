@@ -27,7 +27,7 @@ class TrainConfig:
     data: str = ""  # image folder, or "cifar10:<dir>" for the CIFAR-10 .npz arrays
     eval_data: str = ""  # optional labelled eval set (same syntax); empty: leave-one-out kNN on the collection
     image_size: int = 32  # px, square; images <= 64 px get the CIFAR stem
-    hflip: bool = False  # paper's CIFAR code: off; turn on for ImageNet-style photos
+    hflip: bool | None = None  # None: off for images <= 64 px (paper's CIFAR code), on for larger photos
     data_path: DataPath = "auto"  # device: uint8 images in device memory + batched augmentation
     workers: int = 2  # PIL loader processes (data_path=loader)
     limit: int = 0  # use only the first N images (0: all); for smoke runs
@@ -50,7 +50,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 0.03
     momentum: float = 0.9
-    weight_decay: float = 5e-4  # paper: 5e-4 on CIFAR, 1e-4 on ImageNet
+    weight_decay: float | None = None  # None: 5e-4 for images <= 64 px (paper's CIFAR), 1e-4 otherwise (ImageNet)
     schedule: Schedule = "step"
     milestones: tuple[int, ...] = (120, 160)  # epochs at which lr *= 0.1 (schedule=step)
     warmup_epochs: int = 0  # linear warm-up (paper: none)
@@ -93,6 +93,19 @@ class TrainConfig:
             problems.append(f"proximal must be >= 0 (got {self.proximal})")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
+
+    @property
+    def small_images(self) -> bool:
+        """CIFAR-style inputs: the CIFAR stem, no flip and weight decay 5e-4 by default."""
+        return self.image_size <= 64
+
+    @property
+    def flip(self) -> bool:
+        return (not self.small_images) if self.hflip is None else self.hflip
+
+    @property
+    def decay(self) -> float:
+        return (5e-4 if self.small_images else 1e-4) if self.weight_decay is None else self.weight_decay
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -124,10 +124,10 @@ def make_feed(cfg: TrainConfig, ds, pre: Preprocess, device: torch.device, d: Di
         cfg.data_path == "auto" and cfg.image_size <= 64 and n_bytes <= DEVICE_PATH_MAX_BYTES)
     if use_device:
         images = ds.images if isinstance(ds, ArrayImages) else decode_to_array(ds, cfg.image_size, progress)
-        return DeviceFeed(images, pre, cfg.hflip, cfg.batch_size, cfg.seed, device, d)
+        return DeviceFeed(images, pre, cfg.flip, cfg.batch_size, cfg.seed, device, d)
     if isinstance(ds, ArrayImages):
         raise ValueError("data_path=loader needs an image folder; array datasets always use the device path")
-    return LoaderFeed(ds, pre, cfg.hflip, cfg.batch_size, cfg.seed, device, d, cfg.workers)
+    return LoaderFeed(ds, pre, cfg.flip, cfg.batch_size, cfg.seed, device, d, cfg.workers)
 
 
 def train(cfg: TrainConfig, on_progress: Callable[[Progress], None] | None = None,
@@ -161,12 +161,14 @@ def train(cfg: TrainConfig, on_progress: Callable[[Progress], None] | None = Non
     if amp:
         learner = learner.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(learner.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
+                                weight_decay=cfg.decay)
     start_epoch, history = 0, []
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.exists():
         start_epoch, history, _ = load_checkpoint(ckpt, learner=learner, optimizer=optimizer)
         log.info("resumed from %s at epoch %d", ckpt, start_epoch)
+    elif d.main:
+        (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
     step_model: nn.Module = learner
     if d.enabled:
         step_model = nn.parallel.DistributedDataParallel(

@@ -7,10 +7,10 @@ keep-alive HTTP/1.1 client on asyncio streams (pre-encoded request, Content-Leng
 it takes as little as possible of the CPU it shares with the server.
 
 Recorded run (docs/service-benchmark.md):
-    hardware  Intel Xeon (Sapphire Rapids, KVM guest), 2 vCPUs, 23 GiB RAM, no GPU
+    hardware  Intel Xeon (Sapphire Rapids, KVM guest), 2 vCPUs, 23 GiB RAM, no GPU, shared with other work
     command   python bench/service_bench.py --out docs/service-benchmark.md     (about 2 minutes)
-    runs      floor: 300 calls after 30 warm-up; server: per concurrency level, 30 warm-up requests,
-              then 300 (c=1), 600 (c=4), 1,200 (c=16) requests
+    runs      concurrency 1 and the floor alternate in 10 blocks of 30 (same machine load for both);
+              then, after 30 warm-up requests each, 600 requests at concurrency 4 and 1,200 at 16
 
 Setup (unless --collection/--store name an existing deployment): 2,000 generated 32x32 PNG images
 (tests/synthetic.py shapes), the paper's encoder (ResNet-18, CIFAR stem, 128-d) at random init, exported
@@ -45,6 +45,7 @@ from PIL import Image
 
 from index import ArtifactStore
 from service.engine import Engine
+from service.settings import Settings
 from service.uploads import decode_upload
 from trainer.augment import Preprocess
 from trainer.data import CIFAR10_MEAN, CIFAR10_STD, ImageFolder
@@ -173,9 +174,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(collection: Path, store: Path, port: int, torch_threads: int) -> subprocess.Popen:
+def start_server(collection: Path, store: Path, port: int, torch_threads: int, concurrency: int) -> subprocess.Popen:
     env = {**os.environ, "NPID_COLLECTION_ROOT": str(collection), "NPID_ARTIFACTS_DIR": str(store),
-           "NPID_RATE_LIMIT_PER_MINUTE": "0", "NPID_LOG_LEVEL": "WARNING", "NPID_TORCH_THREADS": str(torch_threads)}
+           "NPID_RATE_LIMIT_PER_MINUTE": "0", "NPID_LOG_LEVEL": "WARNING", "NPID_TORCH_THREADS": str(torch_threads),
+           "NPID_INFERENCE_CONCURRENCY": str(concurrency)}
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--host", "127.0.0.1",
            "--port", str(port), "--no-access-log", "--log-level", "warning"]
     server = subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parents[1])
@@ -212,7 +214,8 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def report(floor: list[float], levels: list[Level], setup: str, command: str, load: str) -> str:
+def report(floor: list[float], levels: list[Level], setup: str, command: str, load: str,
+           inference_concurrency: int) -> str:
     f50 = statistics.median(floor)
     rows = [f"| in-process floor (decode + embed + search) | - | {f50:.2f} | {pct(floor, 95):.2f} | "
             f"{pct(floor, 99):.2f} | {1000.0 / statistics.mean(floor):.0f} | - | 1.00 |"]
@@ -232,6 +235,7 @@ def report(floor: list[float], levels: list[Level], setup: str, command: str, lo
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *rows, "", *goals, "",
         f"- machine: {cpu_name()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+        f"inference concurrency {inference_concurrency}, "
         f"load average {load}",
         f"- versions: {versions()}",
         f"- setup: {setup}",
@@ -248,8 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--query-size", type=int, default=256, help="side of the JPEG query, px")
     p.add_argument("--levels", type=int, nargs="+", default=list(LEVELS), help="concurrency levels (1 always runs)")
-    p.add_argument("--torch-threads", type=int, default=torch.get_num_threads(),
-                   help="intra-op threads, for the floor and the server (NPID_TORCH_THREADS)")
+    defaults = Settings.model_fields
+    p.add_argument("--torch-threads", type=int, default=defaults["torch_threads"].default,
+                   help="intra-op threads, for the floor and the server (NPID_TORCH_THREADS; default: the service's)")
+    p.add_argument("--inference-concurrency", type=int,
+                   default=defaults["inference_concurrency"].default_factory(),
+                   help="NPID_INFERENCE_CONCURRENCY (default: the service's)")
     p.add_argument("--out", type=Path, help="write the markdown table here")
     args = p.parse_args(argv)
     command = "python bench/service_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -271,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         live = engine.live
         floor_calls(live, query, WARMUP)
         port = free_port()
-        server = start_server(collection, store, port, args.torch_threads)
+        server = start_server(collection, store, port, args.torch_threads, args.inference_concurrency)
         load_before = os.getloadavg()[0]
         try:
             request = bytes(request_bytes(query, port))
@@ -285,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             server.terminate()
             server.wait(timeout=30)
         load = f"{load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end (1-minute)"
-    table = report(floor, levels, setup, command, load)
+    table = report(floor, levels, setup, command, load, args.inference_concurrency)
     print(table)
     if args.out:
         text = args.out.read_text() if args.out.exists() else ""

@@ -112,7 +112,7 @@ def cmd_search(args) -> int:
             query, exclude = lv.searcher.vector(args.id), args.id
         except KeyError:
             raise IndexStoreError(f"id {args.id} is not in version {lv.version}") from None
-    k = args.k + (exclude is not None)  # a search by id finds the item itself first: leave it out
+    k = min(args.k + (exclude is not None), MAX_K)  # a search by id finds the item itself first: leave it out
     hits = [h for h in lv.searcher.search(query, k, args.min_score)[0] if h.id != exclude][: args.k]
     payload = {"version": lv.version, "query": {"image": args.image, "id": args.id},
                "hits": [{"rank": r, "score": h.score, **h.item.to_dict()} for r, h in enumerate(hits, 1)]}

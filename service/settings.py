@@ -8,7 +8,7 @@ is reported as one readable `SettingsError`, never a stack trace.
 
 from __future__ import annotations
 
-import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -16,8 +16,6 @@ from urllib.parse import urlsplit, urlunsplit
 from PIL import Image
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 
@@ -37,8 +35,10 @@ class Settings(BaseSettings):
     # --- engine ---
     device: str = "cpu"  # cpu | cuda | cuda:N, where the live model runs
     poll_interval_s: float = Field(2.0, gt=0)  # how often the `current` pointer is checked
-    inference_concurrency: int = Field(1, ge=1)  # model calls at once (CPU: 1 uses every core already)
-    torch_threads: int = Field(0, ge=0)  # intra-op threads per model call; 0 = torch's default (all cores)
+    # CPU throughput setting (docs/service-benchmark.md): one intra-op thread per model call and one call
+    # per core. On a quiet machine, more threads per call cut the latency of a lone query.
+    inference_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)  # model calls at once
+    torch_threads: int = Field(1, ge=0)  # intra-op threads per model call; 0 = torch's default (all cores)
 
     # --- upload limits ---
     max_upload_bytes: int = Field(10 * MiB, ge=1)  # per file; the request body may add multipart overhead

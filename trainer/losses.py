@@ -31,7 +31,9 @@ def pos_neg_logits(f, bank, idx, noise, tau):
     with _no_autocast(f):
         f = f.float()
         pos = (f * bank[idx].float()).sum(1) / tau  # B
-        neg = torch.einsum("bd,bmd->bm", f, bank[noise].float()) / tau  # B x m
+        # index_select: one contiguous B*m x D copy, about twice as fast as bank[noise] on the CPU
+        noise_vectors = bank.index_select(0, noise.reshape(-1)).view(*noise.shape, -1).float()  # B x m x D
+        neg = torch.einsum("bd,bmd->bm", f, noise_vectors) / tau  # B x m
     return pos, neg
 
 

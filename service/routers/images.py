@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from typing import Annotated
 
@@ -22,12 +23,15 @@ from ..uploads import read_limited
 from .common import answer, decode_in_thread
 from .search import UPLOAD_ERRORS, K
 
+log = logging.getLogger(__name__)
+
 router = APIRouter(prefix="/images", tags=["images"], dependencies=[Depends(require_read_access)])
 
 ImageId = Annotated[int, Path(ge=0, description="image id in the collection")]
 Label = Annotated[str | None, Form(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
                                    description="optional class label (a plain folder name)")]
 CACHE = {"Cache-Control": "public, max-age=3600"}
+UNWRITABLE = "the server cannot store uploads in its collection folder"
 READ_ERRORS = {404: {"model": ErrorResponse, "description": "no such image"},
                422: {"model": ValidationErrorResponse}, 503: {"model": ErrorResponse}}
 
@@ -78,7 +82,7 @@ async def similar(image_id: ImageId, k: K = 10,
 
 @router.post("", status_code=201, response_model=ImageAdded, responses={
     200: {"model": ImageAdded, "description": "the same image was already in the collection"},
-    **UPLOAD_ERRORS}, dependencies=[Depends(require_api_key), Depends(rate_limited)])
+    **UPLOAD_ERRORS}, dependencies=[Depends(require_api_key), Depends(rate_limited), Depends(get_live)])
 async def add_image(response: Response, file: Annotated[UploadFile, File(description="the image to add")],
                     label: Label = None, engine: Engine = Depends(get_engine),
                     settings: Settings = Depends(get_settings)) -> ImageAdded:
@@ -87,7 +91,11 @@ async def add_image(response: Response, file: Annotated[UploadFile, File(descrip
     data = await read_limited(file, settings.max_upload_bytes)
     image, _ = await decode_in_thread(data, settings.max_pixels)
     folder = settings.upload_subdir if label is None else label
-    path = await run_in_threadpool(collection.save_upload, settings.collection_root, folder, data)
+    try:
+        path = await run_in_threadpool(collection.save_upload, settings.collection_root, folder, data)
+    except OSError as e:  # read-only mount, full disk: the server's problem, said plainly
+        log.error("cannot store an upload under %s/%s: %s", settings.collection_root, folder, e)
+        raise HTTPException(503, UNWRITABLE) from None
     item = NewItem(path, label, image.width, image.height, hashlib.sha256(data).hexdigest())
     try:
         added, live, created = await run_in_threadpool(engine.add, image, item)

@@ -77,3 +77,23 @@ def test_bad_uploads_are_refused_before_touching_the_collection(make_settings, d
         assert r.status_code == 422
         assert client.get("/ready").json()["version"] == "v000001"
     assert sorted(p for p in collection.rglob("*")) == files_before
+
+
+def test_an_unwritable_collection_folder_is_a_clear_503(make_settings, dirs):
+    collection, _ = dirs
+    (collection / "blocked").write_text("a file where the label folder would go")
+    with TestClient(create_app(make_settings(api_key=KEY))) as client:
+        r = add(client, jpeg(3), label="blocked")
+        assert (r.status_code, r.json()) == (503, {"detail": "the server cannot store uploads in its collection "
+                                                             "folder"})
+        assert client.get("/ready").json()["version"] == "v000001"
+
+
+def test_nothing_is_stored_while_no_version_is_live(make_settings, dirs, tmp_path):
+    collection, _ = dirs
+    empty = tmp_path / "empty-store"
+    empty.mkdir()
+    with TestClient(create_app(make_settings(api_key=KEY, artifacts_dir=empty))) as client:
+        r = add(client, jpeg(4))
+        assert r.status_code == 503 and r.json()["detail"].startswith("no index version has been published")
+    assert not (collection / "uploads").exists()

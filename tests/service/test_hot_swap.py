@@ -82,7 +82,7 @@ def test_swap_under_concurrent_load_fails_no_request(serve, make_settings, dirs,
     failures = [a for a in answers if a[0] != 200]
     assert not failures, failures[:5]
     assert {a[1] for a in answers} == {"v000001", "v000002"}
-    for status, version, top in answers:  # model and index always from the same version
+    for _, version, top in answers:  # model and index always from the same version
         assert top["path"] == QUERY and top["score"] == pytest.approx(1.0, abs=1e-5), (version, top)
     for log in logs:  # versions only move forward
         versions = [v for _, v, _ in log]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
+import faiss
 import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -41,8 +42,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         log.info("settings: %s", settings.masked())
-        if settings.torch_threads:
+        if settings.torch_threads:  # many single-threaded calls at once serve concurrent queries best
             torch.set_num_threads(settings.torch_threads)
+            faiss.omp_set_num_threads(settings.torch_threads)
         await run_in_threadpool(engine.start)  # loads the current version, if any, then polls
         try:
             yield

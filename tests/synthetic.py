@@ -1,11 +1,20 @@
-"""Generated image collections for tests: classes differ by shape, never by colour.
+"""Generated image collections for tests: classes differ by a fine texture, never by colour.
 
-A network at random init mostly sees colour; NPID with colour jitter and grayscale learns the shapes,
-so kNN accuracy on these folders separates a trained encoder from an untrained one.
+Each image is one texture filling the whole image, light on a dark ground, with stripes, checks or dot
+cells 2-4 px wide, a random phase, one random tint (hue, saturation, two brightness levels) and pixel noise:
+
+    hstripes  horizontal stripes      vstripes  vertical stripes
+    checker   a checkerboard          disc      a lattice of small discs (dots)
+
+The texture survives NPID's 20%-area crops, and the tint is mostly within reach of its colour jitter
+(hue +-0.4, brightness, contrast, saturation x0.6-1.4, grayscale), so instance discrimination has to
+learn the textures. A network at random init sees mostly tint and brightness: its kNN accuracy on these
+folders stays well below a trained encoder's (tests/trainer/test_learning.py).
 """
 
 from __future__ import annotations
 
+import colorsys
 from pathlib import Path
 
 import numpy as np
@@ -15,22 +24,28 @@ CLASSES = ("hstripes", "vstripes", "checker", "disc")
 
 
 def pattern(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    """One size x size x 3 uint8 image of the given shape, random colours, phase and noise."""
+    """One size x size x 3 uint8 image of the given texture: random period, phase, colours and noise."""
+    period = int(rng.integers(2, 5))  # px per stripe, check or dot cell
+    dy, dx = rng.integers(0, 2 * period, 2)
     yy, xx = np.mgrid[0:size, 0:size]
-    period = rng.integers(4, 8)
-    phase = rng.integers(0, period)
+    y, x = yy + dy, xx + dx
     if kind == "hstripes":
-        mask = ((yy + phase) // (period // 2)) % 2 == 0
+        mask = (y // period) % 2 == 0
     elif kind == "vstripes":
-        mask = ((xx + phase) // (period // 2)) % 2 == 0
+        mask = (x // period) % 2 == 0
     elif kind == "checker":
-        mask = (((yy + phase) // (period // 2)) + ((xx + phase) // (period // 2))) % 2 == 0
+        mask = (y // period + x // period) % 2 == 0
+    elif kind == "disc":
+        cell = 2 * period  # one disc per cell, covering about half of it, like the other textures
+        cy, cx = y % cell - (cell - 1) / 2, x % cell - (cell - 1) / 2
+        mask = cy ** 2 + cx ** 2 <= (0.8 * period) ** 2
     else:
-        cy, cx = rng.uniform(size * 0.35, size * 0.65, 2)
-        mask = (yy - cy) ** 2 + (xx - cx) ** 2 < (size * rng.uniform(0.2, 0.35)) ** 2
-    fg, bg = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-    img = np.where(mask[..., None], fg, bg).astype(np.float64)
-    img += rng.normal(0, 12, img.shape)
+        raise ValueError(f"unknown texture {kind!r}: one of {', '.join(CLASSES)}")
+    hue, sat = rng.uniform(0, 1), rng.uniform(0, 0.6)  # texture and ground share hue and saturation
+    fg = 255 * np.array(colorsys.hsv_to_rgb(hue, sat, rng.uniform(0.6, 1.0)))  # light texture ...
+    bg = 255 * np.array(colorsys.hsv_to_rgb(hue, sat, rng.uniform(0.05, 0.45)))  # ... on a dark ground
+    img = np.where(mask[..., None], fg, bg)
+    img += rng.normal(0, 8, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 

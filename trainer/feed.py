@@ -54,11 +54,9 @@ class DeviceFeed:
     def steps(self, epoch: int) -> int:
         return len(epoch_batches(len(self.images), self.batch_size, self.seed, epoch))
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         _, height, width, _ = self.images.shape
         for step, batch in enumerate(epoch_batches(len(self.images), self.batch_size, self.seed, epoch)):
-            if step < start_step:
-                continue
             g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, step, 1))
             params = self.augment.sample(len(batch), height, width, g)  # for the global batch
             rows = local_slice(torch.arange(len(batch)), self.d)
@@ -79,8 +77,8 @@ class LoaderFeed:
     def steps(self, epoch: int) -> int:
         return len(epoch_batches(len(self.ds), self.batch_size, self.seed, epoch))
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        batches = epoch_batches(len(self.ds), self.batch_size, self.seed, epoch)[start_step:]
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        batches = epoch_batches(len(self.ds), self.batch_size, self.seed, epoch)
         torch.manual_seed(mix_seed(self.seed, epoch, 2))  # transforms in the main process (workers=0)
         loader = torch.utils.data.DataLoader(
             self.ds, batch_sampler=[local_slice(b, self.d).tolist() for b in batches],

@@ -147,7 +147,7 @@ def running_with_progress(client, job_id: str) -> dict:
         assert job["state"] not in ("failed", "succeeded"), job
         return job if job["state"] == "running" and job["progress"].get("phase") == "training" else None
 
-    return wait_for(going, 120, f"job {job_id} never reported training progress")
+    return wait_for(going, 120, f"job {job_id} never reported training progress", every_s=0.02)
 
 
 def current(settings: Settings) -> str | None:
@@ -157,14 +157,14 @@ def current(settings: Settings) -> str | None:
 def test_train_job_publishes_a_version_that_search_then_uses(stack):
     client, settings, _, _ = stack
     before = search(client)["version"]
-    r = client.post("/jobs/train", json={"epochs": 4}, headers=KEY)
+    r = client.post("/jobs/train", json={"epochs": 40}, headers=KEY)  # long enough to watch it run
     assert r.status_code == 202, r.text
     job_id = r.json()["job_id"]
     seen = running_with_progress(client, job_id)
-    assert seen["progress"]["epochs"] == 4 and seen["progress"]["epoch"] >= 1
+    assert seen["progress"]["epochs"] == 40 and seen["progress"]["epoch"] >= 1
     job = finished(client, job_id)
     assert job["state"] == "succeeded", job
-    assert job["version"] and job["version"] != before and job["metrics"]["epochs"] == 4
+    assert job["version"] and job["version"] != before and job["metrics"]["epochs"] == 40
     assert current(settings) == job["version"]
     wait_for(lambda: client.get("/ready").json().get("version") == job["version"], 20, "API did not swap")
     assert search(client)["version"] == job["version"]  # no restart

@@ -148,7 +148,7 @@ def cifar_cpu(args) -> str:
                       negatives=4096, schedule="cosine", knn_every=args.knn_every, out=args.out,
                       progress=False, lr=args.lr, limit=args.limit)
     t0 = time.perf_counter()
-    metrics = train(cfg)
+    metrics = train(cfg, resume=False)
     minutes = (time.perf_counter() - t0) / 60
     pre = Preprocess.for_size(32, CIFAR10_MEAN, CIFAR10_STD)
     train_ds = load_cifar10(args.cifar, "train")

@@ -22,24 +22,23 @@ def _job_store() -> JobStore:
     return JobStore(settings.redis_url, settings.jobs_lock_ttl_s, settings.jobs_heartbeat_s)
 
 
-@app.task(name=TRAIN_TASK)
-def train_task(job_id: str) -> None:
+def _run(job_id: str, body) -> None:
     jobs = _job_store()
     job = jobs.start(job_id)
     if job is None:
         log.info("job %s is cancelled or unknown: skipped", job_id)
         return
-    run_train_job(settings, jobs, job)
+    body(settings, jobs, job)
+
+
+@app.task(name=TRAIN_TASK)
+def train_task(job_id: str) -> None:
+    _run(job_id, run_train_job)
 
 
 @app.task(name=INDEX_TASK)
 def index_task(job_id: str) -> None:
-    jobs = _job_store()
-    job = jobs.start(job_id)
-    if job is None:
-        log.info("job %s is cancelled or unknown: skipped", job_id)
-        return
-    run_index_job(settings, jobs, job)
+    _run(job_id, run_index_job)
 
 
 def worker_argv(loglevel: str = "INFO") -> list[str]:

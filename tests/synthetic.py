@@ -4,7 +4,7 @@ Each image is one texture filling the whole image, light on a dark ground, with 
 cells 2-4 px wide, a random phase, one random tint (hue, saturation, two brightness levels) and pixel noise:
 
     hstripes  horizontal stripes      vstripes  vertical stripes
-    checker   a checkerboard          disc      a lattice of small discs (dots)
+    checker   a checkerboard          disc      a lattice of discs (dots)
 
 The texture survives NPID's 20%-area crops, and the tint is mostly within reach of its colour jitter
 (hue +-0.4, brightness, contrast, saturation x0.6-1.4, grayscale), so instance discrimination has to
@@ -36,7 +36,7 @@ def pattern(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     elif kind == "checker":
         mask = (y // period + x // period) % 2 == 0
     elif kind == "disc":
-        cell = 2 * period  # one disc per cell, covering about half of it, like the other textures
+        cell = 2 * period  # one disc per cell, covering 44-75% of it: about as bright as the others
         cy, cx = y % cell - (cell - 1) / 2, x % cell - (cell - 1) / 2
         mask = cy ** 2 + cx ** 2 <= (0.8 * period) ** 2
     else:

@@ -104,6 +104,20 @@ def train_step(step_model: nn.Module, objective: NPIDObjective, optimizer: torch
     return loss.detach()
 
 
+# fields that may change between an interrupted run and its resumption
+RESUMABLE_CHANGES = {"epochs", "device", "progress", "knn_every", "knn_k", "eval_data", "workers", "compile",
+                     "out", "extra"}
+
+
+def check_same_run(saved: dict, cfg: TrainConfig, ckpt: Path) -> None:
+    """Refuse to resume a checkpoint of a different run into this one."""
+    now = cfg.to_dict()
+    differ = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if differ:
+        raise ValueError(f"{ckpt} belongs to a different run ({', '.join(differ)} differ): choose another --out, "
+                         "or delete the checkpoint to start over")
+
+
 def open_training_data(cfg: TrainConfig, progress: bool) -> tuple[ImageFolder | ArrayImages, Preprocess]:
     ds = open_dataset(cfg.data, "train", cfg.limit)
     cifar = cfg.data.startswith("cifar10:")
@@ -165,6 +179,7 @@ def train(cfg: TrainConfig, on_progress: Callable[[Progress], None] | None = Non
     start_epoch, history = 0, []
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.exists():
+        check_same_run(torch.load(ckpt, map_location="cpu", weights_only=False)["config"], cfg, ckpt)
         start_epoch, history, _ = load_checkpoint(ckpt, learner=learner, optimizer=optimizer)
         log.info("resumed from %s at epoch %d", ckpt, start_epoch)
     elif d.main:

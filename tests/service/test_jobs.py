@@ -208,6 +208,22 @@ def test_two_concurrent_triggers_one_202_one_409_then_cancel(stack):
     assert finished(client, again.json()["job_id"])["state"] == "succeeded"
 
 
+def test_index_job_reembeds_new_files_with_the_live_model(stack):
+    client, settings, _, _ = stack
+    wait_for(lambda: client.get("/ready").json().get("version") == current(settings), 20, "API not on current")
+    before = client.get("/ready").json()
+    (settings.collection_root / "disc" / "added-later.png").write_bytes(png_bytes(seed=5))
+    r = client.post("/jobs/index", headers=KEY)
+    assert r.status_code == 202, r.text
+    job = finished(client, r.json()["job_id"])
+    assert job["state"] == "succeeded", job
+    assert job["metrics"]["model_from"] == before["version"] and job["version"] != before["version"]
+    wait_for(lambda: client.get("/ready").json().get("version") == job["version"], 20, "API did not swap")
+    assert client.get("/ready").json()["collection_size"] == before["collection_size"] + 1
+    hits = search(client)["results"]
+    assert all(h["path"] for h in hits)
+
+
 def test_sigkilled_worker_fails_the_job_frees_the_lock_and_old_version_serves(stack):
     client, settings, _, worker = stack
     version = current(settings)

@@ -85,3 +85,11 @@ def test_training_is_seeded_and_deterministic_on_cpu(tmp_path, folder):
     a = train(cfg.replace(out=str(tmp_path / "a")))
     b = train(cfg.replace(out=str(tmp_path / "b")))
     assert a["final_loss"] == b["final_loss"]
+
+
+def test_resuming_a_different_run_is_refused(tmp_path, folder):
+    cfg = tiny(tmp_path, folder, epochs=1, knn_every=0)
+    train(cfg)
+    with pytest.raises(ValueError, match="different run.*dim"):
+        train(cfg.replace(dim=16, epochs=2))
+    assert train(cfg.replace(epochs=2))["epochs"] == 2  # more epochs of the same run resume fine

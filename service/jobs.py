@@ -135,7 +135,7 @@ class JobStore:
             return None
         job.state, job.started, job.heartbeat = "running", time.time(), time.time()
         self._save(job)
-        self._call(self.r.set, PREFIX + "lock:jobs", job.id, ex=int(self.lock_ttl_s))
+        self._call(self.r.set, PREFIX + "lock:jobs", job.id, px=int(self.lock_ttl_s * 1000))
         return job
 
     def beat(self, job: Job, progress: dict[str, Any] | None = None, force: bool = False) -> None:
@@ -147,7 +147,7 @@ class JobStore:
             return
         job.heartbeat = now
         self._save(job)
-        self._call(self.r.set, PREFIX + "lock:jobs", job.id, ex=int(self.lock_ttl_s))
+        self._call(self.r.set, PREFIX + "lock:jobs", job.id, px=int(self.lock_ttl_s * 1000))
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self._call(self.r.exists, PREFIX + "cancel:" + job_id))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -26,7 +27,7 @@ from trainer.distributed import local_device
 from trainer.embed import embed_dataset, load_model, write_export
 from trainer.train import Progress, TrainingCancelled, train
 
-from .jobs import Job, JobStore
+from .jobs import Job, JobStore, JobsUnavailable
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,23 +60,49 @@ def training_config(settings: Settings, overrides: dict[str, Any], n_images: int
 
 
 class JobReporter:
-    """Turns trainer progress into heartbeats and answers the trainer's `should_stop` from Redis."""
+    """Turns trainer progress into job records and answers the trainer's `should_stop` from Redis.
+
+    As a context manager it also renews the job's lease from a background thread every heartbeat_s, so
+    long phases without progress reports (final evaluation, embedding, indexing) never look like a dead
+    worker; the thread dies with the process, so a killed worker's lease still expires.
+    """
 
     def __init__(self, store: JobStore, job: Job):
         self.store, self.job = store, job
         self.last_check, self.stop = 0.0, False
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._keep_alive, name=f"lease-{job.id}", daemon=True)
+
+    def __enter__(self) -> JobReporter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _keep_alive(self) -> None:
+        while not self._done.wait(self.store.heartbeat_s):
+            try:
+                with self._lock:
+                    self.store.beat(self.job, force=True)
+            except JobsUnavailable as e:  # Redis away for a moment: the next beat retries
+                log.warning("job %s: could not renew its lease: %s", self.job.id, e)
 
     def phase(self, name: str, **extra: Any) -> None:
-        self.store.beat(self.job, {"phase": name, **extra}, force=True)
+        with self._lock:
+            self.store.beat(self.job, {"phase": name, **extra}, force=True)
 
     def progress(self, p: Progress) -> None:
-        self.store.beat(self.job, {k: v for k, v in asdict(p).items() if v is not None}, force=p.phase != "training")
+        with self._lock:
+            self.store.beat(self.job, {k: v for k, v in asdict(p).items() if v is not None},
+                            force=p.phase != "training")
 
     def should_stop(self) -> bool:
         if not self.stop and time.monotonic() - self.last_check >= CANCEL_CHECK_S:
             self.last_check = time.monotonic()
             self.stop = self.store.cancel_requested(self.job.id)
-            self.store.beat(self.job)  # keeps the lease alive even between progress reports
         return self.stop
 
 
@@ -100,9 +127,9 @@ def run_index_job(settings: Settings, jobs: JobStore, job: Job) -> None:
 
 
 def run_job(jobs: JobStore, job: Job, body: Callable[[JobReporter], tuple[str, dict]]) -> None:
-    reporter = JobReporter(jobs, job)
     try:
-        version, metrics = body(reporter)
+        with JobReporter(jobs, job) as reporter:  # the lease is renewed until the body returns
+            version, metrics = body(reporter)
     except TrainingCancelled:
         log.info("job %s cancelled", job.id)
         jobs.cancelled(job)

@@ -32,7 +32,7 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-CPU_IMAGES_PER_S = 250.0  # ResNet-18 width 16 at 32 px, train step on 2 cores (docs/trainer-benchmark.md)
+CPU_IMAGES_PER_S = 250.0  # ResNet-18 width 16 at 32 px, one worker thread, with augmentation (docs/jobs-benchmark.md)
 CANCEL_CHECK_S = 1.0
 SOFTMAX_MAX_IMAGES = 200_000  # up to here jobs train with the exact softmax (B x n logits per step)
 

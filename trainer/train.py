@@ -193,7 +193,7 @@ def train(cfg: TrainConfig, on_progress: Callable[[Progress], None] | None = Non
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
 
     if d.main and start_epoch < cfg.epochs:
-        print(f"{'epoch':>5} {'loss':>9} {'kNN@1':>7} {'lr':>8} {'img/s':>8} {'time':>7}")
+        tqdm.write(f"{'epoch':>5} {'loss':>9} {'kNN@1':>7} {'lr':>8} {'img/s':>8} {'time':>7}")
     train_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         learner.train()

@@ -102,7 +102,8 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> N
 
 def _follow_job(base: str, headers: dict, job_id: str, children: list[subprocess.Popen]) -> dict:
     """A progress bar over the job's epochs until it ends; returns the final job record."""
-    bar = tqdm(total=1, desc="first version", unit="epoch", dynamic_ncols=True)
+    bar = tqdm(total=1, desc="first version", dynamic_ncols=True,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| epoch {n:.1f}/{total} [{elapsed}<{remaining}{postfix}]")
     while True:
         if any(p.poll() is not None for p in children):
             bar.close()

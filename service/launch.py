@@ -127,6 +127,7 @@ def run_up(args: argparse.Namespace) -> int:
     from .pipeline import training_config
     from .settings import SettingsError, load_settings
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, even where a shell started us ignoring it
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below on `kill` too
     logging.getLogger("httpx").setLevel(logging.WARNING)
     folder = args.folder.resolve()

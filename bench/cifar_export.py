@@ -10,14 +10,12 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from trainer.augment import Preprocess  # noqa: E402
 from trainer.data import load_cifar10  # noqa: E402
-from trainer.embed import embed_dataset, load_model, write_export  # noqa: E402
+from trainer.embed import embed_dataset, load_model_and_config, write_export  # noqa: E402
 
 
 def main() -> None:
@@ -26,8 +24,7 @@ def main() -> None:
     p.add_argument("out", type=Path)
     p.add_argument("--cifar", default=str(ROOT.parent / "shared/data/cifar10"))
     args = p.parse_args()
-    encoder = load_model(args.model_dir / "model.pt")
-    model_cfg = torch.load(args.model_dir / "model.pt", weights_only=True)["model_config"]
+    encoder, model_cfg = load_model_and_config(args.model_dir / "model.pt")
     pre = Preprocess.load(args.model_dir / "preprocess.json")
     ds = load_cifar10(args.cifar, "train")
     feats = embed_dataset(encoder, ds, pre, "cpu").numpy()

@@ -24,7 +24,7 @@ from trainer.augment import Preprocess
 from trainer.config import TrainConfig
 from trainer.data import ImageFolder, scan_folder
 from trainer.distributed import local_device
-from trainer.embed import embed_dataset, load_model, write_export
+from trainer.embed import embed_dataset, load_model_and_config, write_export
 from trainer.train import Progress, TrainingCancelled, train
 
 from .jobs import Job, JobStore, JobsUnavailable
@@ -167,8 +167,7 @@ def _reindex(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, 
     store = ArtifactStore(settings.artifacts_dir)
     live = store.load()
     device = local_device(settings.train_device)
-    encoder = load_model(live.directory / "model.pt", device)
-    model_cfg = torch.load(live.directory / "model.pt", map_location="cpu", weights_only=True)["model_config"]
+    encoder, model_cfg = load_model_and_config(live.directory / "model.pt", device)
     pre = Preprocess.load(live.directory / "preprocess.json")
     ds = ImageFolder(settings.collection_root)
     skipped = ds.validate()

@@ -40,12 +40,17 @@ def save_model(encoder: Encoder, config: dict, path: str | Path) -> None:
     torch.save({"model_config": config, "state_dict": state}, path)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> Encoder:
+def load_model_and_config(path: str | Path, device: str | torch.device = "cpu") -> tuple[Encoder, dict]:
+    """The encoder saved by save_model, in eval mode on `device`, and its model_config."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
     cfg = blob["model_config"]
     encoder = build_encoder(cfg["arch"], cfg["dim"], cfg["image_size"], cfg.get("width", 64))
     encoder.load_state_dict(blob["state_dict"])
-    return encoder.to(device).eval()
+    return encoder.to(device).eval(), cfg
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> Encoder:
+    return load_model_and_config(path, device)[0]
 
 
 class Embedder:

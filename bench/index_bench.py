@@ -39,7 +39,8 @@ from index.config import IndexConfig
 from index.manifest import library_versions
 from index.metadata import ItemMeta, Metadata
 from index.plan import choose_spec
-from index.search import Searcher
+from index.prefilter import candidate_width
+from index.search import Searcher, unit_rows
 from index.tune import RECALL_K, exact_neighbours, recall_at_k
 
 DIM = 128
@@ -48,6 +49,7 @@ SINGLE_QUERIES = 300
 WARMUP = 20
 PASSES = 3  # single-query passes; the best (lowest median) is reported
 KINDS = ("flat", "hnsw", "ivf_flat", "ivf_sq8")
+WINDOW_KS = (10, 100, 300)  # top-k sizes whose int8 prefilter window is reported
 GOALS = {50_000: ("flat", 1.0), 1_000_000: (None, 2.0)}  # n -> (kind that must meet it or None: any), ms
 
 
@@ -90,27 +92,53 @@ def memory_per_vector(index: faiss.Index, n: int) -> tuple[float, float]:
         return int(probe.stdout.split()[-1]) / n, os.path.getsize(path) / n
 
 
-def searcher_for(index: faiss.Index, spec, value, x: np.ndarray, ids: np.ndarray) -> Searcher:
+def searcher_for(index: faiss.Index, spec, value, x: np.ndarray, ids: np.ndarray, int8_prefilter: bool = True
+                 ) -> Searcher:
     items = [ItemMeta(int(i), f"bench/{i}.jpg", None, None, None, None, "") for i in ids]
-    return Searcher(index, spec, value, Metadata(items), x)
+    return Searcher(index, spec, value, Metadata(items), x, int8_prefilter=int8_prefilter)
 
 
-def single_query_ms(searcher: Searcher, queries: np.ndarray, count: int, threads: int) -> tuple[float, float]:
-    """(median, p99) ms of Searcher.search on one query at a time, with `threads` OpenMP threads: the pass
-    with the lowest median of PASSES (other processes on the machine only ever add time)."""
+def single_query_ms(searchers: list[Searcher], queries: np.ndarray, count: int, threads: int
+                    ) -> list[tuple[float, float]]:
+    """Per searcher, (median, p99) ms of Searcher.search on one query at a time, with `threads` OpenMP threads:
+    the pass with the lowest median of PASSES (other processes on the machine only ever add time). Searchers
+    compared side by side take turns pass by pass, so a busy spell on the machine hits them alike."""
     faiss.omp_set_num_threads(threads)
-    for q in queries[:WARMUP]:
-        searcher.search(q, RECALL_K)
-    passes = []
-    for _ in range(PASSES):
-        times = []
-        for q in queries[:count]:
-            t0 = time.perf_counter()
+    for searcher in searchers:
+        for q in queries[:WARMUP]:
             searcher.search(q, RECALL_K)
-            times.append(time.perf_counter() - t0)
-        passes.append(np.array(times) * 1e3)
-    best = min(passes, key=np.median)
-    return float(np.median(best)), float(np.percentile(best, 99))
+    passes: list[list[np.ndarray]] = [[] for _ in searchers]
+    for _ in range(PASSES):
+        for searcher, mine in zip(searchers, passes, strict=True):
+            times = []
+            for q in queries[:count]:
+                t0 = time.perf_counter()
+                searcher.search(q, RECALL_K)
+                times.append(time.perf_counter() - t0)
+            mine.append(np.array(times) * 1e3)
+    best = [min(mine, key=np.median) for mine in passes]
+    return [(float(np.median(b)), float(np.percentile(b, 99))) for b in best]
+
+
+def prefilter_window(searcher: Searcher, queries: np.ndarray, ks: tuple[int, ...] = WINDOW_KS) -> list[dict]:
+    """For the int8 prefilter of an exact searcher, per k: the candidates each query needs before the error bound
+    proves the top-k complete (p50 / p99 / max), and the share of queries settled at the width the filter uses."""
+    prefilter = searcher.prefilter
+    q = unit_rows(queries, searcher.dim)
+    out = []
+    for k in ks:
+        width = min(4 * k + 2000, searcher.ntotal)
+        rows, upper = prefilter.coarse(q, width)  # Q x W each
+        kth = np.array([np.partition(prefilter.vectors[r] @ v, width - k)[width - k]
+                        for v, r in zip(q, rows, strict=True)])  # Q: the k-th best score among the W candidates
+        if not (upper[:, -1] < kth).all():
+            raise RuntimeError(f"k={k}: {width} candidates do not cover every query's window; widen the probe")
+        needed = (upper >= kth[:, None]).sum(axis=1) + 1  # Q: the first width whose bound falls below kth
+        _, _, done = prefilter.search(q, k) if prefilter.serves(k) else (None, None, np.zeros(len(q), bool))
+        out.append({"k": k, "width": candidate_width(k), "serves": prefilter.serves(k),
+                    "p50": float(np.median(needed)), "p99": float(np.percentile(needed, 99)),
+                    "max": int(needed.max()), "settled": float(done.mean())})
+    return out
 
 
 def batch(searcher: Searcher, queries: np.ndarray, threads: int) -> tuple[float, np.ndarray]:
@@ -140,7 +168,10 @@ class Row:
     qps: float
 
 
-def bench_collection(name: str, x: np.ndarray, queries: np.ndarray, kinds: tuple[str, ...]) -> list[Row]:
+def bench_collection(name: str, x: np.ndarray, queries: np.ndarray, kinds: tuple[str, ...],
+                     windows: dict[tuple[str, int], list[dict]]) -> list[Row]:
+    """One row per kind (two for exact search: with and without the int8 prefilter); the prefilter's window
+    statistics go into `windows` under (name, n)."""
     n = len(x)
     ids = np.arange(n, dtype=np.int64)
     faiss.omp_set_num_threads(os.cpu_count() or 1)
@@ -153,19 +184,30 @@ def bench_collection(name: str, x: np.ndarray, queries: np.ndarray, kinds: tuple
         built = build_tuned(x, ids, spec, cfg)
         rss, size = memory_per_vector(built.index, n)
         searcher = searcher_for(built.index, spec, built.tuning.value, x, ids)
+        compared = [searcher]
+        if searcher.prefilter is not None:  # exact search: time the plain fp32 scan beside the int8 prefilter
+            compared.append(searcher_for(built.index, spec, None, x, ids, int8_prefilter=False))
+            windows[name, n] = prefilter_window(searcher, queries[:SINGLE_QUERIES])
         count = SINGLE_QUERIES if kind != "flat" or n <= 100_000 else 30
-        p50_1, p99_1 = single_query_ms(searcher, queries, count, 1)
-        p50_2, _ = single_query_ms(searcher, queries, count, os.cpu_count() or 1)
-        qps_1t, _ = batch(searcher, queries, 1)
-        qps, found = batch(searcher, queries, os.cpu_count() or 1)
-        setting = "exact" if spec.param is None else f"{spec.param}={built.tuning.value}"
-        row = Row(name, n, kind, spec.factory, setting, built.seconds, rss, size, built.tuning.recall,
-                  recall_at_k(found, truth), p50_1, p99_1, p50_2, qps_1t, qps)
-        print(f"{name:>10} {n:>9} {kind:>9} {setting:>13} build {row.build_s:7.1f}s  {rss:6.0f} B/vec  "
-              f"recall {row.recall:.3f} p50 {p50_1:.3f} / {p50_2:.3f} ms {qps_1t:6.0f} / {qps:6.0f} QPS (1/2 thr)",
-              flush=True)
-        rows.append(row)
-        del searcher, built
+        one_thread = single_query_ms(compared, queries, count, 1)
+        two_threads = single_query_ms(compared, queries, count, os.cpu_count() or 1)
+        for variant, (p50_1, p99_1), (p50_2, _) in zip(compared, one_thread, two_threads, strict=True):
+            qps_1t, _ = batch(variant, queries, 1)
+            qps, found = batch(variant, queries, os.cpu_count() or 1)
+            setting = "exact" if spec.param is None else f"{spec.param}={built.tuning.value}"
+            label, extra = kind, 0.0
+            if variant.prefilter is not None:
+                setting += ", int8 prefilter"
+                extra = variant.prefilter.codes.code_size + variant.prefilter.ids.itemsize  # built at load
+            elif variant is not searcher:
+                label, setting = "flat-fp32", setting + ", fp32 scan only"
+            row = Row(name, n, label, spec.factory, setting, built.seconds, rss + extra, size, built.tuning.recall,
+                      recall_at_k(found, truth), p50_1, p99_1, p50_2, qps_1t, qps)
+            print(f"{name:>10} {n:>9} {label:>9} {setting:>22} build {row.build_s:7.1f}s  {row.rss_bpv:6.0f} B/vec  "
+                  f"recall {row.recall:.3f} p50 {p50_1:.3f} / {p50_2:.3f} ms {qps_1t:6.0f} / {qps:6.0f} QPS "
+                  "(1/2 thr)", flush=True)
+            rows.append(row)
+        del searcher, compared, built
     return rows
 
 
@@ -177,7 +219,25 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs, {mem:.0f} GiB RAM, {gpus} GPU(s) visible to faiss"
 
 
-def markdown(rows: list[Row], command: str, seconds: float, data_note: str, load: tuple[float, float]) -> str:
+def window_table(windows: dict[tuple[str, int], list[dict]]) -> list[str]:
+    out = ["## Int8 prefilter window", "",
+           "Exact search answers fewer than 20 queries by scanning int8 codes for `3k + 64` candidates, rescoring "
+           "them in fp32 and proving from the quantisation error bound that nothing outside can enter the top-k "
+           "(index/prefilter.py); an unproven query goes to the fp32 scan. Candidates needed: the smallest "
+           f"candidate count whose bound proves the top-k, over {SINGLE_QUERIES} queries. Settled: the share "
+           "answered without the fp32 scan (k whose width exceeds the filter's budget always use the fp32 scan).",
+           "", "| data | n | k | width used | candidates needed p50 | p99 | max | settled |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for (name, n), per_k in windows.items():
+        for w in per_k:
+            used = w["width"] if w["serves"] else "fp32 scan"
+            out.append(f"| {name} | {n:,} | {w['k']} | {used} | {w['p50']:.0f} | {w['p99']:.0f} | {w['max']} | "
+                       f"{w['settled']:.3f} |")
+    return out + [""]
+
+
+def markdown(rows: list[Row], command: str, seconds: float, data_note: str, load: tuple[float, float],
+             windows: dict[tuple[str, int], list[dict]]) -> str:
     libs = ", ".join(f"{k} {v}" for k, v in library_versions().items())
     out = [
         "# Index benchmark", "",
@@ -221,6 +281,7 @@ def markdown(rows: list[Row], command: str, seconds: float, data_note: str, load
         what = "exact search" if kind == "flat" else "recall@10 >= 0.95"
         out.append(f"- {n:,} vectors, {what}, <= {ms:g} ms/query: **{verdict}** by {best.factory} "
                    f"({best.setting}): {latency:.3f} ms median, recall@10 {best.recall:.3f}.")
+    out += [""] + window_table(windows)
     return "\n".join(out) + "\n"
 
 
@@ -233,23 +294,25 @@ def main() -> None:
     args = parser.parse_args()
     t0 = time.perf_counter()
     load_start = os.getloadavg()[0]
-    rows = []
+    rows: list[Row] = []
+    windows: dict[tuple[str, int], list[dict]] = {}
     queries = clustered(N_QUERIES, seed=10_000)  # fresh: another seed, the same clusters
     for n in args.sizes:
-        rows += bench_collection("synthetic", clustered(n, seed=n), queries, tuple(args.kinds))
+        rows += bench_collection("synthetic", clustered(n, seed=n), queries, tuple(args.kinds), windows)
     data_note = ("synthetic clustered 128-d unit vectors (bench/index_bench.py `clustered`), fresh queries; "
                  "no trainer export was benchmarked")
     if args.export:
         emb = np.load(Path(args.export) / "embeddings.npy")
         held = np.random.default_rng(0).choice(len(emb), N_QUERIES, replace=False)
         rest = np.setdiff1d(np.arange(len(emb)), held)
-        rows += bench_collection("export", emb[rest], emb[held], tuple(args.kinds))
+        rows += bench_collection("export", emb[rest], emb[held], tuple(args.kinds), windows)
         data_note = data_note.replace("no trainer export was benchmarked", f"and the export {args.export} "
                                       f"({len(emb):,} x {emb.shape[1]}, {N_QUERIES} rows held out as queries)")
     command = "python bench/index_bench.py" + (f" --sizes {' '.join(map(str, args.sizes))}"
                                                if args.sizes != [50_000, 1_000_000] else "")
+    command += f" --kinds {' '.join(args.kinds)}" if args.kinds != list(KINDS) else ""
     command += f" --export {args.export}" if args.export else ""
-    text = markdown(rows, command, time.perf_counter() - t0, data_note, (load_start, os.getloadavg()[0]))
+    text = markdown(rows, command, time.perf_counter() - t0, data_note, (load_start, os.getloadavg()[0]), windows)
     Path(args.out).write_text(text)
     print(text)
 

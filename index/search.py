@@ -19,10 +19,12 @@ import numpy as np
 from .errors import DimensionMismatchError
 from .metadata import ItemMeta, Metadata
 from .plan import IndexSpec
+from .prefilter import Int8Prefilter
 
 log = logging.getLogger(__name__)
 
 MAX_K = 1000
+PREFILTER_MAX_BATCH = 20  # from here FAISS scores a flat index by matrix multiplication, faster than the filter
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +82,14 @@ class Searcher:
     """One version's index, metadata and vectors; read-only.
 
     index: the FAISS index holding every id of `metadata`; vectors: N x D (a memory map) in metadata row
-    order, used for search-by-id. `value` is the tuned efSearch / nprobe (None for exact search).
+    order, used for search-by-id. `value` is the tuned efSearch / nprobe (None for exact search). Exact search
+    on the CPU answers fewer than PREFILTER_MAX_BATCH queries through an int8 prefilter (index/prefilter.py:
+    the same results, a quarter of the memory traffic, 136 more bytes of RAM per vector); int8_prefilter=False
+    scans the fp32 vectors only.
     """
 
     def __init__(self, index: faiss.Index, spec: IndexSpec, value: int | None, metadata: Metadata,
-                 vectors: np.ndarray, gpu: bool = False):
+                 vectors: np.ndarray, gpu: bool = False, int8_prefilter: bool = True):
         if index.ntotal != len(metadata) or vectors.shape != (len(metadata), spec.dim):
             raise ValueError(f"index ({index.ntotal}), metadata ({len(metadata)}) and vectors "
                              f"{vectors.shape} disagree")
@@ -96,10 +101,13 @@ class Searcher:
         self.on_gpu = False
         self._gpu_res = None
         self._lock: threading.Lock | contextlib.nullcontext = contextlib.nullcontext()
+        self.prefilter: Int8Prefilter | None = None  # exact kinds on the CPU: int8 scan + fp32 rescoring
         if gpu and (moved := gpu_clone(index)) is not None:
             self.index, self._gpu_res = moved
             self.on_gpu = True
             self._lock = threading.Lock()  # FAISS GPU indexes are not safe for concurrent use
+        elif int8_prefilter and spec.param is None:
+            self.prefilter = Int8Prefilter.of_index(index)
 
     @property
     def dim(self) -> int:
@@ -114,9 +122,14 @@ class Searcher:
         if not 1 <= k <= MAX_K:
             raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
         q = unit_rows(queries, self.dim)  # B x D, unit rows
-        params = search_params(self.spec, self.value, k, self.ntotal)
-        with self._lock:
-            scores, ids = self.index.search(q, k, params=params)  # B x K each
+        if self.prefilter is not None and len(q) < PREFILTER_MAX_BATCH and self.prefilter.serves(k):
+            scores, ids, done = self.prefilter.search(q, k)  # B x K, B x K, B
+            if not done.all():
+                scores[~done], ids[~done] = self.index.search(q[~done], k)
+        else:
+            params = search_params(self.spec, self.value, k, self.ntotal)
+            with self._lock:
+                scores, ids = self.index.search(q, k, params=params)  # B x K each
         scores[ids < 0] = -np.inf
         return scores, ids
 

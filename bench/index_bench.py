@@ -1,13 +1,16 @@
 """Index benchmark: build time, memory per vector, single-query latency and batch QPS at recall@10,
 exact search against every approximate kind, through the code the service runs (index.build, Searcher).
 
-Recorded run (docs/index-benchmark.md):
-    hardware  Intel Xeon (AVX-512, AMX; KVM guest), 2 vCPUs, 23 GiB RAM, no GPU; shared with other
-              engineers' processes (1-minute load 2.7-5.6 during the run, recorded in the results)
+Recorded runs (docs/index-benchmark.md, docs/index-benchmark-cifar.md):
+    hardware  AMD EPYC (AVX2; KVM guest), 2 vCPUs, 24 GiB RAM, no GPU; a shared host whose memory
+              bandwidth varies from minute to minute (the load average is recorded in the results)
     versions  Python 3.11.7, numpy 2.4.6, faiss-cpu 1.15.1
-    command   python bench/index_bench.py            (11 minutes on that shared machine)
+    commands  python bench/index_bench.py            (7 minutes)
+              python bench/index_bench.py --sizes 50000 --export runs/cifar50k-export \
+                  --out docs/index-benchmark-cifar.md    (1 minute; the export from bench/cifar_export.py)
     runs      one build per (collection, kind); latency over 300 single queries (30 for exact at 1M)
-              after 20 warm-up queries, best of 3 passes; QPS over one batch of 1,000 queries
+              after 20 warm-up queries, best of 3 passes, exact search with and without the int8
+              prefilter taking turns pass by pass; QPS over one batch of 1,000 queries
 
 Data: synthetic clustered unit vectors, 128-d: 1,000 clusters, each a Gaussian spread along its own
 random 16-d subspace plus isotropic noise (`clustered` below; nearest-neighbour cosine ~0.75, the 10th
@@ -281,6 +284,11 @@ def markdown(rows: list[Row], command: str, seconds: float, data_note: str, load
         what = "exact search" if kind == "flat" else "recall@10 >= 0.95"
         out.append(f"- {n:,} vectors, {what}, <= {ms:g} ms/query: **{verdict}** by {best.factory} "
                    f"({best.setting}): {latency:.3f} ms median, recall@10 {best.recall:.3f}.")
+    for r in rows:
+        fp32 = next((f for f in rows if f.kind == "flat-fp32" and (f.data, f.n) == (r.data, r.n)), None)
+        if r.kind == "flat" and fp32 is not None:
+            out.append(f"- Exact search on {r.data} {r.n:,}, one thread: int8 prefilter {r.p50_1t:.3f} ms, fp32 scan "
+                       f"{fp32.p50_1t:.3f} ms in the same run ({fp32.p50_1t / r.p50_1t:.1f}x), the same answers.")
     out += [""] + window_table(windows)
     return "\n".join(out) + "\n"
 
@@ -312,6 +320,7 @@ def main() -> None:
                                                if args.sizes != [50_000, 1_000_000] else "")
     command += f" --kinds {' '.join(args.kinds)}" if args.kinds != list(KINDS) else ""
     command += f" --export {args.export}" if args.export else ""
+    command += f" --out {args.out}" if args.out != "docs/index-benchmark.md" else ""
     text = markdown(rows, command, time.perf_counter() - t0, data_note, (load_start, os.getloadavg()[0]), windows)
     Path(args.out).write_text(text)
     print(text)

@@ -125,11 +125,11 @@ def throughput(args) -> str:
         feed = DeviceFeed(images, pre, False, args.batch, 0, torch.device("cpu"), Dist())
         autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
         times = []
-        for step, (x, idx, all_idx) in enumerate(feed.epoch(0)):
+        for step, (x, idx, global_batch) in enumerate(feed.epoch(0)):
             if amp:
                 x = x.contiguous(memory_format=torch.channels_last)
             t = time.perf_counter()
-            train_step(model, objective, opt, x, idx, step_noise(objective, 0, 0, step, len(all_idx), Dist()),
+            train_step(model, objective, opt, x, idx, step_noise(objective, 0, 0, step, global_batch, Dist()),
                        Dist(), autocast)
             times.append(time.perf_counter() - t)
         results.append((name, args.batch / statistics.median(times[2:])))

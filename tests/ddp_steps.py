@@ -48,10 +48,10 @@ def run_steps(d: Dist, objective_name: str = "nce", steps: int = 3):
     model = nn.parallel.DistributedDataParallel(learner, broadcast_buffers=False) if d.enabled else learner
     optimizer = torch.optim.SGD(learner.parameters(), lr=0.5, momentum=0.9, weight_decay=5e-4)
     losses = []
-    for step, (x, idx, all_idx) in enumerate(feed.epoch(0)):
+    for step, (x, idx, global_batch) in enumerate(feed.epoch(0)):
         if step == steps:
             break
-        noise = step_noise(objective, cfg.seed, 0, step, len(all_idx), d)
+        noise = step_noise(objective, cfg.seed, 0, step, global_batch, d)
         loss = train_step(model, objective, optimizer, x, idx, noise, d)
         losses.append(mean_over_ranks(loss, d).item())
     return {"losses": losses, "bank": objective.bank.vectors.clone(), "z": objective.z.clone(),

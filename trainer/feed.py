@@ -1,6 +1,6 @@
 """Feeding batches to the training step: the device-side path and the PIL loader path.
 
-Both yield, per step, (x: b x 3 x S x S normalised, idx: b local instance ids, all_idx: B global ids).
+Both yield, per step, (x: b x 3 x S x S normalised, idx: b local instance ids, B: the global batch size).
 Every random choice is a function of (seed, epoch, step), so an epoch replays exactly after a resume,
 and with torchrun each rank takes its slice of the same global batch.
 """
@@ -54,7 +54,7 @@ class DeviceFeed:
     def steps(self, epoch: int) -> int:
         return len(epoch_batches(len(self.images), self.batch_size, self.seed, epoch))
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         _, height, width, _ = self.images.shape
         for step, batch in enumerate(epoch_batches(len(self.images), self.batch_size, self.seed, epoch)):
             g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, step, 1))
@@ -62,7 +62,7 @@ class DeviceFeed:
             rows = local_slice(torch.arange(len(batch)), self.d)
             params = params.select(rows)
             idx = batch[rows].to(self.device)
-            yield self.augment.apply(self.images[idx], params), idx, batch.to(self.device)
+            yield self.augment.apply(self.images[idx], params), idx, len(batch)
 
 
 class LoaderFeed:
@@ -77,7 +77,7 @@ class LoaderFeed:
     def steps(self, epoch: int) -> int:
         return len(epoch_batches(len(self.ds), self.batch_size, self.seed, epoch))
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         batches = epoch_batches(len(self.ds), self.batch_size, self.seed, epoch)
         torch.manual_seed(mix_seed(self.seed, epoch, 2))  # transforms in the main process (workers=0)
         loader = torch.utils.data.DataLoader(
@@ -86,4 +86,4 @@ class LoaderFeed:
             generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch, 3)),
         )
         for batch, (x, idx) in zip(batches, loader, strict=True):
-            yield x.to(self.device, non_blocking=True), idx.to(self.device), batch.to(self.device)
+            yield x.to(self.device, non_blocking=True), idx.to(self.device), len(batch)

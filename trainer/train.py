@@ -201,19 +201,19 @@ def train(cfg: TrainConfig, on_progress: Callable[[Progress], None] | None = Non
         t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
                    unit="step")
-        for step, (x, idx, all_idx) in enumerate(feed.epoch(epoch)):
+        for step, (x, idx, global_batch) in enumerate(feed.epoch(epoch)):
             if should_stop and should_stop():
                 bar.close()
                 raise TrainingCancelled(f"cancelled at epoch {epoch + 1} step {step + 1}")
             lr = lr_at(cfg, epoch + step / steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            noise = step_noise(objective, cfg.seed, epoch, step, len(all_idx), d)
+            noise = step_noise(objective, cfg.seed, epoch, step, global_batch, d)
             if amp:
                 x = x.contiguous(memory_format=torch.channels_last)
             loss = train_step(step_model, objective, optimizer, x, idx, noise, d, autocast)
             loss_sum += loss
-            seen += len(all_idx)
+            seen += global_batch
             if step % 10 == 0 or step == steps - 1:
                 loss_now = mean_over_ranks(loss.detach(), d).item()
                 if not math.isfinite(loss_now):

@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import ports
 import pytest
 import synthetic
 import torch
@@ -147,19 +147,13 @@ def shared_client(collection_template, store_template):
         yield c
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def serve():
     """serve(settings) -> context manager running the app under a real uvicorn; yields its base URL."""
 
     @contextlib.contextmanager
     def run(settings: Settings):
-        port = _free_port()
+        port = ports.free_port()
         server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
                                                log_level="warning", lifespan="on"))
         thread = threading.Thread(target=server.run, daemon=True)

@@ -7,7 +7,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import ports
 import pytest
 import redis
 import yaml
@@ -31,17 +31,11 @@ KEY = {"X-API-Key": "test-key"}
 LOCK_TTL_S = 3.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class RedisServer:
     """A private redis-server on a free port, stoppable and restartable on the same port."""
 
     def __init__(self, workdir: Path):
-        self.port, self.workdir, self.proc = _free_port(), workdir, None
+        self.port, self.workdir, self.proc = ports.free_port(), workdir, None
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:

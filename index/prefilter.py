@@ -20,8 +20,13 @@ codes) the query goes to the exact index: it costs one int8 scan more, and the a
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import faiss
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 CODE_MAX = 127  # int8 codes in [-127, 127]
 FP32_SLACK = 1e-4  # >> the rounding of fp32 scores and of the unit query (D_i itself is exact)
@@ -35,6 +40,24 @@ def candidate_width(k: int) -> int:
     50,000 synthetic or CIFAR-10 vectors: 19-37 candidates at k=10, 193-228 at k=100, 469-662 at k=300; see
     docs/index-benchmark*.md)."""
     return 3 * k + 64
+
+
+@functools.cache
+def int8_kernel_is_exact(dim: int) -> bool:
+    """Whether this FAISS build's int8 L2 kernel returns exact integer distances at this dimension: the bound
+    rests on it, and kernels differ by SIMD level. Distances must stay below 2^24 to be exact in fp32 (so
+    dim <= 260); the kernel itself is checked once per dimension on extreme and random codes."""
+    if (2 * CODE_MAX) ** 2 * dim >= 2**24:
+        return False
+    rng = np.random.default_rng(0)
+    codes = rng.integers(-CODE_MAX, CODE_MAX + 1, (64, dim)).astype(np.float32)  # 64 x D
+    codes[:2] = [[CODE_MAX], [-CODE_MAX]]  # the largest and smallest distances the kernel must hold exactly
+    query = np.full((1, dim), -CODE_MAX, dtype=np.float32)  # 1 x D
+    probe = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit_direct_signed, faiss.METRIC_L2)
+    probe.add(codes)
+    dist, rows = probe.search(query, len(codes))  # 1 x 64 each
+    want = ((codes[rows[0]].astype(np.int64) - query.astype(np.int64)) ** 2).sum(axis=1)  # 64
+    return bool(np.array_equal(dist[0].astype(np.int64), want))
 
 
 class Int8Prefilter:
@@ -64,6 +87,9 @@ class Int8Prefilter:
             return None
         flat = faiss.downcast_index(index.index)
         if not isinstance(flat, faiss.IndexFlat) or flat.metric_type != faiss.METRIC_INNER_PRODUCT:
+            return None
+        if not int8_kernel_is_exact(flat.d):
+            log.warning("FAISS's int8 kernel is not exact on this build: exact search scans fp32 vectors only")
             return None
         n, dim = flat.ntotal, flat.d
         vectors = faiss.rev_swig_ptr(flat.get_xb(), n * dim).reshape(n, dim)  # N x D, the index's own memory

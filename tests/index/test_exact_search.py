@@ -11,7 +11,7 @@ from index.build import train_and_add
 from index.errors import DimensionMismatchError
 from index.metadata import ItemMeta, Metadata
 from index.plan import IndexSpec
-from index.prefilter import MIN_VECTORS, Int8Prefilter
+from index.prefilter import MIN_VECTORS, Int8Prefilter, int8_kernel_is_exact
 from index.search import Searcher
 
 
@@ -190,3 +190,9 @@ def test_prefilter_under_concurrent_searches(vectors):
         thread.join()
     for t, (scores, found) in results.items():
         assert_exact_top_k(x, ids, queries[t], scores, found)
+
+
+def test_int8_kernel_is_checked():
+    """The prefilter runs only where FAISS's int8 distances are exact: up to 260 dimensions on this build."""
+    assert int8_kernel_is_exact(16) and int8_kernel_is_exact(128) and int8_kernel_is_exact(260)
+    assert not int8_kernel_is_exact(261)  # distances could pass 2^24, where fp32 stops holding every integer

@@ -90,9 +90,10 @@ def test_prefilter_falls_back_on_near_ties(vectors):
     """Vectors within a hair of one direction leave every score inside the error window: the filter hands the
     queries to the flat index, and the answer stays exact."""
     rng = np.random.default_rng(11)
-    x = vectors.random(1, 16)[0] + 1e-3 * rng.standard_normal((6000, 16)).astype(np.float32)
+    n = MIN_VECTORS + 1000
+    x = vectors.random(1, 16)[0] + 1e-3 * rng.standard_normal((n, 16)).astype(np.float32)
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-    ids = np.arange(6000, dtype=np.int64)
+    ids = np.arange(n, dtype=np.int64)
     searcher = make_searcher(x, ids)
     q = x[:3] + 0.01 * vectors.random(3, 16, seed=12)
     _, _, done = searcher.prefilter.search(q / np.linalg.norm(q, axis=1, keepdims=True), 10)
@@ -102,10 +103,11 @@ def test_prefilter_falls_back_on_near_ties(vectors):
 
 
 def test_prefilter_after_removal(vectors):
-    x = vectors.clustered(8000, 16, seed=13)
-    ids = np.arange(8000, dtype=np.int64)
+    n = 2 * MIN_VECTORS
+    x = vectors.clustered(n, 16, seed=13)
+    ids = np.arange(n, dtype=np.int64)
     index = train_and_add(IndexSpec("flat", 16), x, ids)
-    gone = np.arange(0, 8000, 3)
+    gone = np.arange(0, n, 3)
     index.remove_ids(gone)
     keep = np.setdiff1d(ids, gone)
     prefilter = Int8Prefilter.of_index(index)
@@ -172,8 +174,8 @@ def test_vector_by_id(vectors):
 
 def test_prefilter_under_concurrent_searches(vectors):
     """Threads sharing one prefiltered searcher each get the brute-force answer to their own queries."""
-    x = vectors.clustered(6000, 16, seed=15)
-    ids = np.arange(6000, dtype=np.int64)
+    x = vectors.clustered(MIN_VECTORS + 1000, 16, seed=15)
+    ids = np.arange(MIN_VECTORS + 1000, dtype=np.int64)
     searcher = make_searcher(x, ids)
     assert searcher.prefilter is not None
     queries = [vectors.clustered(40, 16, seed=100 + t) for t in range(4)]

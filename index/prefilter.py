@@ -3,7 +3,8 @@
 A single exact query reads every stored vector (50,000 x 128 fp32 = 25.6 MB), so on a CPU it is bound by memory
 bandwidth. This filter keeps an int8 copy of the vectors (a quarter of the bytes), scans it with FAISS for the W
 most promising candidates, rescores those against the fp32 vectors, and proves from a bound on the quantisation
-error that no vector outside them can enter the top-k. The answer is the fp32 top-k of the exact index.
+error that no vector outside them can enter the top-k. The answer is the exact index's top-k (its fp32 scores
+agree to the last bits: numpy and FAISS sum in different orders).
 
 Codes: c_i = round(a x_i) with one scale a = 127 / max |x_id|, residuals e_i = c_i - a x_i, ||e_i|| <= R. The
 query is rounded at its own scale: u = round(b q), b = 127 / max |q_d|, f = u - b q, ||f|| = rho. FAISS's
@@ -48,6 +49,7 @@ def int8_kernel_is_exact(dim: int) -> bool:
     rests on it, and kernels differ by SIMD level. Distances must stay below 2^24 to be exact in fp32 (so
     dim <= 260); the kernel itself is checked once per dimension on extreme and random codes."""
     if (2 * CODE_MAX) ** 2 * dim >= 2**24:
+        log.info("%d dimensions: int8 distances could pass 2^24, exact search scans fp32 vectors only", dim)
         return False
     rng = np.random.default_rng(0)
     codes = rng.integers(-CODE_MAX, CODE_MAX + 1, (64, dim)).astype(np.float32)  # 64 x D
@@ -57,7 +59,10 @@ def int8_kernel_is_exact(dim: int) -> bool:
     probe.add(codes)
     dist, rows = probe.search(query, len(codes))  # 1 x 64 each
     want = ((codes[rows[0]].astype(np.int64) - query.astype(np.int64)) ** 2).sum(axis=1)  # 64
-    return bool(np.array_equal(dist[0].astype(np.int64), want))
+    if not np.array_equal(dist[0].astype(np.int64), want):
+        log.warning("FAISS's int8 kernel is not exact on this build: exact search scans fp32 vectors only")
+        return False
+    return True
 
 
 class Int8Prefilter:
@@ -82,18 +87,17 @@ class Int8Prefilter:
     @classmethod
     def of_index(cls, index: faiss.Index) -> Int8Prefilter | None:
         """The filter for an IDMap2 over Flat inner-product index big enough to gain from it, else None."""
-        index = faiss.downcast_index(index)
-        if not isinstance(index, faiss.IndexIDMap2) or index.ntotal < MIN_VECTORS:
+        id_map = faiss.downcast_index(index)  # a view: `index` owns the memory
+        if not isinstance(id_map, faiss.IndexIDMap2) or id_map.ntotal < MIN_VECTORS:
             return None
-        flat = faiss.downcast_index(index.index)
+        flat = faiss.downcast_index(id_map.index)
         if not isinstance(flat, faiss.IndexFlat) or flat.metric_type != faiss.METRIC_INNER_PRODUCT:
             return None
         if not int8_kernel_is_exact(flat.d):
-            log.warning("FAISS's int8 kernel is not exact on this build: exact search scans fp32 vectors only")
             return None
         n, dim = flat.ntotal, flat.d
         vectors = faiss.rev_swig_ptr(flat.get_xb(), n * dim).reshape(n, dim)  # N x D, the index's own memory
-        return cls(vectors, faiss.vector_to_array(index.id_map), owner=index)
+        return cls(vectors, faiss.vector_to_array(id_map.id_map), owner=index)
 
     def coarse(self, q: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
         """q: BxD unit rows -> (rows BxW, upper BxW) of the `width` best codes: upper[b, w] bounds the true score
@@ -116,10 +120,12 @@ class Int8Prefilter:
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """q: BxD unit rows -> (scores BxK, ids BxK, done B bool). Rows with done=False (-inf / -1) could not be
         settled from the candidates: the caller searches them exactly."""
+        if not self.serves(k):  # FAISS would pad the candidates with row -1, which indexes the last vector
+            raise ValueError(f"k={k} needs {candidate_width(k)} candidates, over this filter's {self.max_width}")
         scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         ids = np.full((len(q), k), -1, dtype=np.int64)
         done = np.zeros(len(q), dtype=bool)
-        rows, upper = self.coarse(q, candidate_width(k))  # B x W each (serves(k): W < N)
+        rows, upper = self.coarse(q, candidate_width(k))  # B x W each, W < N
         for i in range(len(q)):
             top_scores, top_rows = self.rescore(q[i], rows[i], k)
             if upper[i, -1] < top_scores[-1]:  # nothing outside the candidates can beat the k-th of them

@@ -198,3 +198,13 @@ def test_int8_kernel_is_checked():
     """The prefilter runs only where FAISS's int8 distances are exact: up to 260 dimensions on this build."""
     assert int8_kernel_is_exact(16) and int8_kernel_is_exact(128) and int8_kernel_is_exact(260)
     assert not int8_kernel_is_exact(261)  # distances could pass 2^24, where fp32 stops holding every integer
+
+
+def test_prefilter_keeps_its_index_alive(vectors):
+    """The filter rescores from a view of the FAISS index's memory: dropping the caller's index must not free it."""
+    x = vectors.random(MIN_VECTORS, 16, seed=16)
+    prefilter = Int8Prefilter.of_index(train_and_add(IndexSpec("flat", 16), x, np.arange(MIN_VECTORS)))
+    clutter = [np.random.default_rng(i).random((MIN_VECTORS, 16), dtype=np.float32) for i in range(10)]
+    assert len(clutter) == 10 and np.array_equal(prefilter.vectors, x)
+    with pytest.raises(ValueError, match="candidates"):
+        prefilter.search(x[:1], 1000)  # beyond the candidate budget: refused, never padded rows

@@ -2,8 +2,10 @@
 
 `npid up FOLDER` needs nothing started beforehand: it uses the Redis at NPID_REDIS_URL or starts one, then
 a worker and the API as child processes; with no published version yet it queues a first training job on
-FOLDER, shows its progress, and prints the web page's URL once the version is live. Ctrl-C stops what it
-started, and nothing else.
+FOLDER, shows its progress, and prints the web page's URL once the version is live. It keeps the children
+running (service/supervise.py): one that dies is restarted with a backoff while the others go on serving, and
+the terminal says so. Their own output (Celery's banner, access logs) goes to log files under --logs, not to
+the terminal. Ctrl-C stops what it started, and nothing else.
 """
 
 from __future__ import annotations
@@ -15,15 +17,20 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httpx
 import redis
 from tqdm import tqdm
+
+from .supervise import Child, last_line
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
@@ -37,6 +44,7 @@ def register(sub) -> None:
                        description="Serve FOLDER: start what is missing, train a first version if there is none.")
     u.add_argument("folder", type=Path, help="the image collection (a folder, read recursively)")
     u.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="where index versions are kept")
+    u.add_argument("--logs", type=Path, default=Path("logs"), help="where the worker's, API's and Redis's output goes")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=8000)
     u.set_defaults(func=run_up)
@@ -61,7 +69,8 @@ def _redis_answers(url: str) -> bool:
         return False
 
 
-def _start_redis(url: str) -> subprocess.Popen:
+def _redis_child(url: str, env: dict[str, str], logs: Path) -> Child:
+    """A redis-server for a local NPID_REDIS_URL that answers nothing (not started yet)."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 6379
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -70,15 +79,23 @@ def _start_redis(url: str) -> subprocess.Popen:
     if server is None:
         raise SystemExit(f"no Redis answers at {url} and redis-server is not installed "
                          "(apt-get install redis-server, or point NPID_REDIS_URL at one)")
-    proc = subprocess.Popen([server, "--bind", host, "--port", str(port), "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    argv = [server, "--bind", host, "--port", str(port), "--save", "", "--appendonly", "no"]
+    return Child("redis-server", argv, env, logs / "redis.log", _say)
+
+
+def _wait_redis(url: str, redis_server: Child) -> None:
     for _ in range(100):
         if _redis_answers(url):
-            print(f"started redis-server on {host}:{port} (stopped again on exit)")
-            return proc
+            return
+        if not redis_server.running():
+            break
         time.sleep(0.1)
-    proc.terminate()
-    raise SystemExit(f"redis-server did not come up on {host}:{port}")
+    raise SystemExit(f"redis-server did not come up at {url} (see {redis_server.log_path})")
+
+
+def _say(line: str) -> None:
+    """npid up's own terminal lines, above the progress bar when one is shown."""
+    tqdm.write(line)
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -86,33 +103,47 @@ def _port_free(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) != 0
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
+def _wait_healthy(url: str, api: Child, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the API exited with code {proc.returncode} (see its log above)")
+        if not api.running():
+            raise SystemExit(f"the API exited with code {api.proc.returncode}: {last_line(api.log_path)} "
+                             f"(log: {api.log_path})")
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    raise SystemExit(f"the API did not answer on {url} within {timeout_s:.0f} s")
+    raise SystemExit(f"the API did not answer on {url} within {timeout_s:.0f} s (log: {api.log_path})")
 
 
-def _follow_job(base: str, headers: dict, job_id: str, children: list[subprocess.Popen]) -> dict:
-    """A progress bar over the job's epochs until it ends; returns the final job record."""
+def epochs_done(progress: dict) -> float:
+    """How many epochs of the job are done, for the progress bar: 0 until training starts (epoch is 1-based
+    and 0 while loading), never more than the job's epochs."""
+    epochs, epoch = progress.get("epochs") or 0, progress.get("epoch") or 0
+    if not epochs or epoch < 1:
+        return 0.0
+    within = (progress.get("step") or 0) / max(progress.get("steps") or 1, 1)
+    return min(max(epoch - 1 + within, 0.0), float(epochs))
+
+
+def _follow_job(base: str, headers: dict, job_id: str, children: list[Child]) -> dict:
+    """A progress bar over the job's epochs until it ends (children kept alive meanwhile); the final record."""
     bar = tqdm(total=1, desc="first version", dynamic_ncols=True,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| epoch {n:.1f}/{total} [{elapsed}<{remaining}{postfix}]")
     while True:
-        if any(p.poll() is not None for p in children):
-            bar.close()
-            raise SystemExit("a child process exited while the first job was running (see its log above)")
-        job = httpx.get(f"{base}/jobs/{job_id}", headers=headers, timeout=5).json()
+        for child in children:
+            child.tick()
+        try:
+            job = httpx.get(f"{base}/jobs/{job_id}", headers=headers, timeout=5).json()
+        except httpx.HTTPError:  # the API is being restarted: the supervisor has said so
+            time.sleep(1)
+            continue
         prog = job.get("progress") or {}
         if prog.get("epochs"):
             bar.total = prog["epochs"]
-            bar.n = min(prog.get("epoch", 0) - 1 + prog.get("step", 0) / max(prog.get("steps", 1), 1), bar.total)
+            bar.n = epochs_done(prog)
         bar.set_description(f"first version: {prog.get('phase', job['state'])}")
         bar.set_postfix({k: round(prog[k], 3) for k in ("loss", "images_per_s", "knn_top1") if prog.get(k)})
         bar.refresh()
@@ -124,7 +155,6 @@ def _follow_job(base: str, headers: dict, job_id: str, children: list[subprocess
 
 
 def run_up(args: argparse.Namespace) -> int:
-    from .pipeline import training_config
     from .settings import SettingsError, load_settings
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, even where a shell started us ignoring it
@@ -132,9 +162,10 @@ def run_up(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     folder = args.folder.resolve()
     args.artifacts.mkdir(parents=True, exist_ok=True)
+    logs = args.logs.resolve()
     env = dict(os.environ)
     env.setdefault("NPID_REDIS_URL", DEFAULT_REDIS)
-    env.setdefault("NPID_LOG_LEVEL", "WARNING")  # keep the terminal for the progress bar and the URL
+    env.setdefault("NPID_LOG_LEVEL", "WARNING")  # the log files get warnings and errors; the terminal neither
     env["NPID_COLLECTION_ROOT"] = str(folder)
     env["NPID_ARTIFACTS_DIR"] = str(args.artifacts.resolve())
     if not env.get("NPID_API_KEY"):
@@ -150,37 +181,28 @@ def run_up(args: argparse.Namespace) -> int:
         print(f"port {args.port} on {args.host} is taken: choose another with --port", file=sys.stderr)
         return 2
 
-    children: list[subprocess.Popen] = []
+    cli = [sys.executable, "-m", "service.cli"]
+    worker = Child("worker", [*cli, "worker", "--loglevel", "WARNING"], env, logs / "worker.log", _say)
+    api = Child("api", [*cli, "serve", "--host", args.host, "--port", str(args.port)], env, logs / "api.log", _say)
+    children: list[Child] = []
     try:
         if _redis_answers(settings.redis_url):
             print(f"using the Redis at {settings.masked()['redis_url']}")
         else:
-            children.append(_start_redis(settings.redis_url))
-        cli = [sys.executable, "-m", "service.cli"]
-        children.append(subprocess.Popen([*cli, "worker", "--loglevel", "WARNING"], env=env, start_new_session=True))
-        api = subprocess.Popen([*cli, "serve", "--host", args.host, "--port", str(args.port)], env=env,
-                               start_new_session=True)
-        children.append(api)
+            redis_server = _redis_child(settings.redis_url, env, logs)
+            redis_server.start()
+            children.append(redis_server)
+            _wait_redis(settings.redis_url, redis_server)
+            print(f"started redis-server at {settings.masked()['redis_url']} (stopped again on exit)")
+        for child in (worker, api):
+            child.start()
+            children.append(child)
+        print(f"started the worker (pid {worker.pid}) and the API (pid {api.pid}); their output goes to {logs}/")
         base = f"http://{args.host}:{args.port}"
         _wait_healthy(base, api)
         headers = {"X-API-Key": env["NPID_API_KEY"]}
         if httpx.get(base + "/ready", timeout=5).status_code != 200:
-            from trainer.data import scan_folder
-            from trainer.distributed import local_device
-
-            device = local_device(settings.train_device)
-            cfg = training_config(settings, {}, len(scan_folder(folder)), device.type == "cuda")
-            print(f"no version yet: training a first one on {folder} ({device}: {cfg.arch} width {cfg.width}, "
-                  f"{cfg.epochs} epochs" + (f", a CPU budget of about {settings.cpu_train_minutes:g} min; with a "
-                                            "GPU the paper's full recipe runs)" if device.type == "cpu" else ")"))
-            r = httpx.post(base + "/jobs/train", headers=headers, timeout=10)
-            if r.status_code == 409:
-                job_id = r.json()["job_id"]
-                print(f"a job is already running ({job_id}): following it")
-            elif r.status_code != 202:
-                raise SystemExit(f"could not start the first training job: {r.status_code} {r.text}")
-            else:
-                job_id = r.json()["job_id"]
+            job_id = _start_first_job(settings, folder, base, headers)
             job = _follow_job(base, headers, job_id, children)
             if job["state"] != "succeeded":
                 raise SystemExit(f"the first training job {job['state']}: {job.get('error')}")
@@ -192,20 +214,39 @@ def run_up(args: argparse.Namespace) -> int:
                 time.sleep(0.5)
         ready = httpx.get(base + "/ready", timeout=5).json()
         print(f"\nnpid-search is live: version {ready['version']}, {ready['collection_size']} images\n"
-              f"  web page:  {base}/\n  API docs:  {base}/docs\nCtrl-C stops everything started here.")
-        while all(p.poll() is None for p in children):
-            time.sleep(1)
-        print("a child process exited; stopping", file=sys.stderr)
-        return 1
+              f"  web page:  {base}/\n  API docs:  {base}/docs\n"
+              f"A process that dies is restarted. Ctrl-C stops everything started here.")
+        while True:
+            for child in children:
+                child.tick()
+            time.sleep(0.5)
     except KeyboardInterrupt:
         print("\nstopping")
         return 0
     finally:
-        for p in reversed(children):
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in reversed(children):
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        for child in reversed(children):
+            child.stop()
+
+
+def _start_first_job(settings: Settings, folder: Path, base: str, headers: dict) -> str:
+    """Queue the first training job on FOLDER (or follow the one already queued); its id."""
+    from trainer.data import scan_folder
+    from trainer.distributed import local_device
+
+    from .pipeline import training_config
+
+    try:
+        n = len(scan_folder(folder))
+    except ValueError as e:  # an empty folder: say so, not a traceback
+        raise SystemExit(f"nothing to train on: {e}") from None
+    device = local_device(settings.train_device)
+    cfg = training_config(settings, {}, n, device.type == "cuda")
+    print(f"no version yet: training a first one on {folder} ({n} images; {device}: {cfg.arch} width {cfg.width}, "
+          f"{cfg.epochs} epochs" + (f", a CPU budget of about {settings.cpu_train_minutes:g} min; with a "
+                                    "GPU the paper's full recipe runs)" if device.type == "cpu" else ")"))
+    r = httpx.post(base + "/jobs/train", headers=headers, timeout=10)
+    if r.status_code == 409:
+        print(f"a job is already running ({r.json()['job_id']}): following it")
+    elif r.status_code != 202:
+        raise SystemExit(f"could not start the first training job: {r.status_code} {r.text}")
+    return r.json()["job_id"]

@@ -279,6 +279,21 @@ def test_cpu_override_replaces_the_gpu_worker_with_a_like_one():
         assert worker_cpu[key] == worker[key], f"worker-cpu differs from worker in {key}"
     assert {k: v for k, v in worker_cpu["build"].items() if k != "args"} == \
            {k: v for k, v in worker["build"].items() if k != "args"}
+    assert {k: v for k, v in worker_cpu["build"]["args"].items() if k != "VARIANT"} == \
+           {k: v for k, v in worker["build"]["args"].items() if k != "VARIANT"}, "build args differ"
+
+
+def test_every_build_arg_compose_passes_is_an_arg_of_the_dockerfile_and_empty_means_its_default():
+    declared = {a.split("=")[0]: a.partition("=")[2] for a in instructions("ARG")}
+    for path in (COMPOSE, COMPOSE_CPU):
+        for name, service in load_yaml(path)["services"].items():
+            for arg, value in (service.get("build") or {}).get("args", {}).items():
+                assert arg in declared, f"{path.name}: {name} passes {arg}, which the Dockerfile does not declare"
+                if value == f"${{{arg}:-}}":  # unset in .env -> empty -> the Dockerfile must fall back itself
+                    assert declared[arg] == '""', f"{arg}: an empty value must mean the default"
+    text = DOCKERFILE.read_text()
+    for base in ("CUDA_BASE", "CPU_BASE"):
+        assert re.search(rf"^FROM \${{{base}:-\S+}} AS base-", text, re.M), f"{base}: no default in FROM"
 
 
 # ------------------------------------------------------------------------------------------ image
@@ -286,8 +301,8 @@ def test_cpu_override_replaces_the_gpu_worker_with_a_like_one():
 
 def test_dockerfile_installs_the_project_on_its_own_torch_as_a_non_root_user():
     text = DOCKERFILE.read_text()
-    assert re.search(r"^ARG CUDA_BASE=nvidia/cuda:\S+-base-ubuntu", text, re.M)
-    assert "pip install --no-deps ." in text and "-c constraints.txt" in text
+    assert re.search(r"^FROM \$\{CUDA_BASE:-nvidia/cuda:\S+-base-ubuntu\S+} AS base-gpu", text, re.M)
+    assert "pip install --no-cache-dir --no-deps ." in text and "-c constraints.txt" in text
     (user,) = instructions("USER")
     assert user not in ("root", "0") and not user.startswith("0:")
     env = " ".join(instructions("ENV"))

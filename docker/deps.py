@@ -1,7 +1,7 @@
 """The image's dependency lists, read from pyproject.toml so the versions are written in one place.
 
     python deps.py pyproject.toml torch    # torch and torchvision, with the pins pyproject.toml gives them
-    python deps.py pyproject.toml faiss    # faiss-cpu as pyproject.toml gives it (the CPU image; GPU: faiss-gpu)
+    python deps.py pyproject.toml faiss    # faiss-cpu as pyproject.toml gives it (the CPU image; GPU: faiss-gpu-cu12)
     python deps.py pyproject.toml rest     # everything else
 
 The Dockerfile installs `torch` first (from the index of the variant's build: CUDA or CPU), then its faiss,
@@ -17,7 +17,7 @@ import sys
 import tomllib  # Python >= 3.11: the image has 3.12
 
 TORCH = ("torch", "torchvision")
-SWAPPED = ("faiss-cpu",)  # the GPU image installs faiss-gpu instead; both provide `import faiss`
+SWAPPED = ("faiss-cpu",)  # the GPU image installs faiss-gpu-cu12 instead; both provide `import faiss`
 
 
 def _name(requirement: str) -> str:

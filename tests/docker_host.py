@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -170,7 +171,9 @@ def package_sources(say: Say, logs: Path) -> Iterator[dict[str, str]]:
     for n, index in enumerate(indexes):
         (root / f"index{n}").symlink_to(index)
     host = bridge_gateway()
-    port = 8765
+    with socket.socket() as s:  # a free port on the bridge address
+        s.bind((host, 0))
+        port = s.getsockname()[1]
     say(f"{PYTORCH_CPU_INDEX} is unreachable: serving pip's local indexes {[str(i) for i in indexes]} "
         f"to the build at http://{host}:{port}/")
     with (logs / "index-server.log").open("ab") as out:

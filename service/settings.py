@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     worker_threads: int = Field(0, ge=0)  # torch threads of a training job; 0 = all cores but one (the API's)
     jobs_lock_ttl_s: float = Field(60.0, gt=1)  # a running job's lease; a dead worker's job fails after it
     jobs_heartbeat_s: float = Field(5.0, gt=0)  # how often a running job renews its lease and progress
+    jobs_time_limit_s: float = Field(48 * 3600.0, gt=0)  # a job running longer stops and fails (resumable)
+    jobs_history: int = Field(100, ge=1, le=10_000)  # job records kept (GET /jobs); older ones are dropped
 
     @field_validator("log_level", mode="before")
     @classmethod

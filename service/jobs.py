@@ -100,6 +100,11 @@ class JobsUnavailable(RuntimeError):
     """Redis cannot be reached (the message names no address: it is shown to clients)."""
 
 
+class NoWorker(JobsUnavailable):
+    def __init__(self):
+        super().__init__(NO_WORKER)
+
+
 class JobConflict(RuntimeError):
     def __init__(self, job_id: str, reason: str | None = None):
         super().__init__(reason or f"a job is already queued or running: {job_id}")

@@ -40,6 +40,10 @@ CONTENT_TYPES = {
     "TIFF": "image/tiff",
 }
 
+# OpenAPI: an upload field holds an image file (a string format of its own: "binary" would promise that any
+# bytes are accepted, while only decodable images in the formats above are)
+IMAGE_FILE = {"format": "image", "description": "an image file: JPEG, PNG, WebP, GIF, BMP or TIFF"}
+
 EMPTY = "empty file"
 UNSUPPORTED = "unsupported image format: send JPEG, PNG, WebP, GIF, BMP or TIFF"
 CORRUPT = "corrupt or truncated image"

@@ -19,7 +19,7 @@ from ..deps import DecoderDep, EngineDep, LiveDep, RateLimited, SettingsDep, Thu
 from ..engine import LiveVersion
 from ..schemas import ImageAdded, SearchResponse
 from ..settings import Settings
-from ..uploads import read_limited
+from ..uploads import IMAGE_FILE, read_limited
 from .common import INVALID, LIMITED, NOT_FOUND, UNAVAILABLE, UPLOAD_ERRORS, WRITE_AUTH, answer, decode, thumbnail
 from .search import K
 
@@ -82,7 +82,7 @@ async def similar(image_id: ImageId, live: LiveDep, engine: EngineDep, k: K = 10
 @router.post("", status_code=201, response_model=ImageAdded, responses={
     200: {"model": ImageAdded, "description": "the same image was already in the collection"},
     **UPLOAD_ERRORS, **WRITE_AUTH}, dependencies=[WriteAccess, RateLimited])
-async def add_image(response: Response, file: Annotated[UploadFile, File(description="the image to add")],
+async def add_image(response: Response, file: Annotated[UploadFile, File(description="the image to add", json_schema_extra=IMAGE_FILE)],
                     live: LiveDep, engine: EngineDep, decoder: DecoderDep, settings: SettingsDep,
                     label: Label = None) -> ImageAdded:
     """Add an image to the collection folder and, as a new published version, to the index (embedded with

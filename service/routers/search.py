@@ -10,7 +10,7 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 from ..auth import READ, ReadAccess
 from ..deps import DecoderDep, EngineDep, LiveDep, RateLimited, SettingsDep
 from ..schemas import SearchResponse
-from ..uploads import read_limited
+from ..uploads import IMAGE_FILE, read_limited
 from .common import UPLOAD_ERRORS, answer, decode
 
 router = APIRouter(tags=["search"])
@@ -21,7 +21,7 @@ MinScore = Annotated[float | None, Query(ge=-1.0, le=1.0, description="drop neig
 
 @router.post("/search", response_model=SearchResponse, responses=UPLOAD_ERRORS, openapi_extra=READ,
              dependencies=[ReadAccess, RateLimited])
-async def search(request: Request, file: Annotated[UploadFile, File(description="the query image")],
+async def search(request: Request, file: Annotated[UploadFile, File(description="the query image", json_schema_extra=IMAGE_FILE)],
                  live: LiveDep, engine: EngineDep, decoder: DecoderDep, settings: SettingsDep,
                  k: K = 10, min_score: MinScore = None) -> SearchResponse:
     """Nearest neighbours of an uploaded image in the live version."""

@@ -19,7 +19,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from . import errors
+from .auth import document_read_access
 from .bodylimit import BodyLimitMiddleware
+from .decoding import DecodePool
 from .engine import Engine
 from .metrics import Metrics, MetricsMiddleware
 from .ratelimit import RateLimiter
@@ -56,11 +58,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.metrics = metrics
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+    app.state.thumbnail_limiter = RateLimiter(settings.thumbnail_rate_limit_per_minute,
+                                              settings.thumbnail_rate_limit_burst)
+    app.state.decoder = DecodePool(settings.decode_threads, settings.decode_pixel_budget)
 
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _declare_access(app, settings.protect_reads)
 
     # added last = outermost: metrics see every answer, including the body limit's 413s
     app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
@@ -69,3 +75,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["Content-Type", "X-API-Key"])
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
+
+
+def _declare_access(app: FastAPI, protect_reads: bool) -> None:
+    """The schema declares the key on reads exactly when this server asks for it there."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_read_access(generate(), protect_reads)
+        return app.openapi_schema
+
+    app.openapi = openapi

@@ -48,7 +48,7 @@ def thumbnail(path: Path, px: int) -> bytes:
 
 @lru_cache(maxsize=THUMBNAIL_CACHE)
 def _thumbnail(path: str, mtime_ns: int, size: int, px: int) -> bytes:  # mtime and size key the cache
-    img = load_rgb(path)
+    img = load_rgb(path, draft=(px, px))  # a JPEG decodes at the smallest scale still >= px
     img.thumbnail((px, px))
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=85)

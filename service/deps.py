@@ -1,4 +1,5 @@
-"""Request dependencies: the settings, the live engine version, and the per-client rate limit.
+"""Request dependencies, and the `Annotated` aliases the routes take them through: the settings, the engine,
+the live version, the job store, and the per-client rate limits.
 
 All are `async def` so that FastAPI runs them on the event loop rather than in a thread.
 """
@@ -6,10 +7,14 @@ All are `async def` so that FastAPI runs them on the event loop rather than in a
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
+from .decoding import DecodePool
 from .engine import Engine, LiveVersion
+from .errors import NotReady
+from .jobs import JobStore
 from .ratelimit import RateLimiter
 from .settings import Settings
 
@@ -24,19 +29,50 @@ async def get_engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
-async def get_live(engine: Engine = Depends(get_engine)) -> LiveVersion:
+async def get_decoder(request: Request) -> DecodePool:
+    return request.app.state.decoder
+
+
+async def get_live(engine: Annotated[Engine, Depends(get_engine)]) -> LiveVersion:
     """The version serving now, taken once: the request finishes on it even if a swap happens meanwhile."""
     live = engine.live
     if live is None:
-        raise HTTPException(503, engine.not_ready_reason or NOT_READY)
+        raise NotReady(engine.not_ready_reason or NOT_READY)
     return live
 
 
-async def rate_limited(request: Request) -> None:
+async def get_jobs(request: Request) -> JobStore:
+    """The job store (Redis), made on first use so that an app without Redis serves searches."""
+    state = request.app.state
+    if getattr(state, "jobs", None) is None:
+        s: Settings = state.settings
+        state.jobs = JobStore(s.redis_url, s.jobs_lock_ttl_s, s.jobs_heartbeat_s, s.jobs_history)
+    return state.jobs
+
+
+def _limit(request: Request, limiter: RateLimiter) -> None:
     """429 with Retry-After once this client has used its requests for now."""
-    limiter: RateLimiter = request.app.state.rate_limiter
     client = request.client.host if request.client else "unknown"
     wait = limiter.wait(client)
     if wait > 0:
         raise HTTPException(429, f"rate limit exceeded: at most {limiter.per_minute:g} requests per minute",
                             headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+
+async def rate_limited(request: Request) -> None:
+    """The compute routes' limit: searches, similar, uploads."""
+    _limit(request, request.app.state.rate_limiter)
+
+
+async def thumbnail_rate_limited(request: Request) -> None:
+    """Thumbnails' own, larger limit: a page of results asks for k of them at once."""
+    _limit(request, request.app.state.thumbnail_limiter)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
+LiveDep = Annotated[LiveVersion, Depends(get_live)]
+DecoderDep = Annotated[DecodePool, Depends(get_decoder)]
+JobsDep = Annotated[JobStore, Depends(get_jobs)]
+RateLimited = Depends(rate_limited)
+ThumbnailRateLimited = Depends(thumbnail_rate_limited)

@@ -1,16 +1,52 @@
-"""Every error is JSON {"detail": "..."}: validation errors get a readable detail, crashes a generic one."""
+"""The one place where errors become HTTP answers. Every error is JSON {"detail": "..."} (plus `errors` for 422,
+`job_id` for 409), with no server path in it:
+
+    RequestValidationError      -> 422, a readable detail and one entry per invalid parameter
+    JobsUnavailable, NotReady   -> 503 with Retry-After (Redis or the live version is not there yet)
+    VersionRefused              -> 503 with Retry-After (a version that cannot serve; the old one stays)
+    JobConflict                 -> 409 with the id of the job holding the lock
+    JobNotFound                 -> 404
+    HTTPException               -> its status and detail (the routes' own precise 4xx)
+    anything else               -> 500 "internal server error", logged with its trace
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from .engine import VersionRefused
+from .jobs import JobConflict, JobsUnavailable
 
 log = logging.getLogger(__name__)
 
 INTERNAL = "internal server error"
+RETRY_AFTER_S = 5
+# an absolute path of two or more components (not a URL's path: no ':' or '/' right before it)
+_PATH = re.compile(r"(?<![\w:/.~-])/(?:[\w.@+~-]+/)+[\w.@+~-]*")
+
+
+class NotReady(RuntimeError):
+    """No index version is loaded yet (the message says why)."""
+
+
+class JobNotFound(LookupError):
+    def __init__(self, job_id: str):
+        super().__init__(f"no job {job_id}")
+
+
+def without_paths(text: str) -> str:
+    """The message with every absolute server path replaced by <path>: error details are shown to clients."""
+    return _PATH.sub("<path>", text)
+
+
+def _json(status: int, detail: str, headers: dict | None = None, **extra) -> JSONResponse:
+    return JSONResponse({"detail": without_paths(detail), **extra}, status_code=status, headers=headers)
 
 
 def _where(loc: tuple) -> str:
@@ -19,15 +55,36 @@ def _where(loc: tuple) -> str:
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-    detail = "invalid request: " + "; ".join(f"{_where(e['loc'])}: {e['msg']}" for e in errors)
-    return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+    return _json(422, "invalid request: " + "; ".join(f"{_where(e['loc'])}: {e['msg']}" for e in errors),
+                 errors=errors)
+
+
+async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return _json(503, str(exc), {"Retry-After": str(RETRY_AFTER_S)})
+
+
+async def conflict(request: Request, exc: JobConflict) -> JSONResponse:
+    return _json(409, str(exc), job_id=exc.job_id)
+
+
+async def not_found(request: Request, exc: JobNotFound) -> JSONResponse:
+    return _json(404, str(exc))
+
+
+async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    return _json(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
 
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return JSONResponse({"detail": INTERNAL}, status_code=500)
+    return _json(500, INTERNAL)
 
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
+    for unavailable_error in (JobsUnavailable, NotReady, VersionRefused):
+        app.add_exception_handler(unavailable_error, unavailable)
+    app.add_exception_handler(JobConflict, conflict)
+    app.add_exception_handler(JobNotFound, not_found)
+    app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(Exception, unexpected_error)

@@ -10,10 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +21,15 @@ from trainer.config import TrainConfig
 from trainer.data import ImageFolder, scan_folder
 from trainer.distributed import local_device
 from trainer.embed import embed_dataset, load_model_and_config, write_export
-from trainer.train import Progress, TrainingCancelled, train
+from trainer.train import TrainingCancelled, train
 
-from .jobs import Job, JobStore, JobsUnavailable
+from .jobs import Job, JobStore
+from .reporter import JobReporter, run_job
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 CPU_IMAGES_PER_S = 250.0  # ResNet-18 width 16 at 32 px, one worker thread, with augmentation (docs/jobs-benchmark.md)
-CANCEL_CHECK_S = 1.0
 SOFTMAX_MAX_IMAGES = 200_000  # up to here jobs train with the exact softmax (B x n logits per step)
 
 
@@ -59,85 +55,25 @@ def training_config(settings: Settings, overrides: dict[str, Any], n_images: int
     return TrainConfig.from_dict(merged)
 
 
-class JobReporter:
-    """Turns trainer progress into job records and answers the trainer's `should_stop` from Redis.
-
-    As a context manager it also renews the job's lease from a background thread every heartbeat_s, so
-    long phases without progress reports (final evaluation, embedding, indexing) never look like a dead
-    worker; the thread dies with the process, so a killed worker's lease still expires.
-    """
-
-    def __init__(self, store: JobStore, job: Job):
-        self.store, self.job = store, job
-        self.last_check, self.stop = 0.0, False
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._keep_alive, name=f"lease-{job.id}", daemon=True)
-
-    def __enter__(self) -> JobReporter:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._done.set()
-        self._thread.join()
-
-    def _keep_alive(self) -> None:
-        while not self._done.wait(self.store.heartbeat_s):
-            try:
-                with self._lock:
-                    self.store.beat(self.job, force=True)
-            except JobsUnavailable as e:  # Redis away for a moment: the next beat retries
-                log.warning("job %s: could not renew its lease: %s", self.job.id, e)
-
-    def phase(self, name: str, **extra: Any) -> None:
-        with self._lock:
-            self.store.beat(self.job, {"phase": name, **extra}, force=True)
-
-    def progress(self, p: Progress) -> None:
-        with self._lock:
-            self.store.beat(self.job, {k: v for k, v in asdict(p).items() if v is not None},
-                            force=p.phase != "training")
-
-    def should_stop(self) -> bool:
-        if not self.stop and time.monotonic() - self.last_check >= CANCEL_CHECK_S:
-            self.last_check = time.monotonic()
-            self.stop = self.store.cancel_requested(self.job.id)
-        return self.stop
-
-
 def publish_unless_cancelled(store: ArtifactStore, export_dir: Path, reporter: JobReporter) -> str:
     reporter.phase("indexing")
     version = store.build(export_dir, IndexConfig(), publish=False)
-    if reporter.store.cancel_requested(reporter.job.id):
+    if reporter.cancel_requested():
         raise TrainingCancelled("cancelled before publishing")
     reporter.phase("publishing", version=version)
+    reporter.fence()  # only the lock's holder publishes (LeaseLost otherwise)
     store.publish(version)
     return version
 
 
 def run_train_job(settings: Settings, jobs: JobStore, job: Job) -> None:
     """Train on the collection, export, build an index, publish. Records the outcome on the job."""
-    run_job(jobs, job, lambda reporter: _train(settings, job, reporter))
+    run_job(jobs, job, lambda reporter: _train(settings, job, reporter), settings.jobs_time_limit_s)
 
 
 def run_index_job(settings: Settings, jobs: JobStore, job: Job) -> None:
     """Re-embed the collection with the live model (no training) and publish a new version."""
-    run_job(jobs, job, lambda reporter: _reindex(settings, job, reporter))
-
-
-def run_job(jobs: JobStore, job: Job, body: Callable[[JobReporter], tuple[str, dict]]) -> None:
-    try:
-        with JobReporter(jobs, job) as reporter:  # the lease is renewed until the body returns
-            version, metrics = body(reporter)
-    except TrainingCancelled:
-        log.info("job %s cancelled", job.id)
-        jobs.cancelled(job)
-    except Exception as e:  # a job must end in a recorded state whatever happened; the log keeps the trace
-        log.exception("job %s failed", job.id)
-        jobs.fail(job, f"{type(e).__name__}: {e}")
-    else:
-        jobs.succeed(job, version, metrics)
+    run_job(jobs, job, lambda reporter: _reindex(settings, job, reporter), settings.jobs_time_limit_s)
 
 
 def _configure_threads(settings: Settings) -> None:
@@ -149,13 +85,15 @@ def _configure_threads(settings: Settings) -> None:
 def _train(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, dict]:
     _configure_threads(settings)
     reporter.phase("loading")
-    n = len(scan_folder(settings.collection_root))
     device = local_device(settings.train_device)  # CUDA is first touched here, inside the task
-    cfg = training_config(settings, job.params, n, device.type == "cuda")
     run = settings.artifacts_dir / "runs" / job.id
+    if job.resume:  # POST /jobs/<id>/resume: the run's own recipe, so that its checkpoint matches
+        cfg = TrainConfig.from_file(run / "config.yaml")
+    else:
+        cfg = training_config(settings, job.params, len(scan_folder(settings.collection_root)), device.type == "cuda")
     cfg = cfg.replace(data=str(settings.collection_root), out=str(run), device=str(device), progress=False)
-    log.info("job %s: training %s", job.id, cfg.to_dict())
-    metrics = train(cfg, on_progress=reporter.progress, should_stop=reporter.should_stop, resume=False)
+    log.info("job %s: training %s%s", job.id, cfg.to_dict(), " (resumed)" if job.resume else "")
+    metrics = train(cfg, on_progress=reporter.progress, should_stop=reporter.should_stop, resume=job.resume)
     version = publish_unless_cancelled(ArtifactStore(settings.artifacts_dir), run / "export", reporter)
     (run / "checkpoint.pt").unlink(missing_ok=True)  # the version holds the model; keep the logs and pictures
     return version, {**metrics, "train_config": cfg.to_dict()}

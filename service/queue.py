@@ -14,7 +14,11 @@ TRAIN_TASK = "npid.train"
 INDEX_TASK = "npid.index"
 
 
-def make_celery(redis_url: str) -> Celery:
+TIME_LIMIT_GRACE_S = 300  # past the job's own limit (checked at every step), Celery kills a wedged task
+
+
+def make_celery(redis_url: str, time_limit_s: float | None = None) -> Celery:
+    """The app; `time_limit_s` (worker side) is the hard limit backing the job's own NPID_JOBS_TIME_LIMIT_S."""
     app = Celery("npid", broker=redis_url, backend=redis_url)
     app.conf.update(
         task_default_queue=QUEUE,
@@ -31,6 +35,7 @@ def make_celery(redis_url: str) -> Celery:
         result_backend_transport_options={"socket_connect_timeout": 1, "socket_timeout": 3},
         redis_socket_connect_timeout=1,
         redis_socket_timeout=3,
+        task_time_limit=None if time_limit_s is None else time_limit_s + TIME_LIMIT_GRACE_S,
     )
     return app
 

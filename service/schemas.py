@@ -11,8 +11,15 @@ class ErrorResponse(BaseModel):
     detail: str = Field(description="stable, human-readable reason")
 
 
+class InvalidParameter(BaseModel):
+    loc: list[str | int] = Field(description="where: body, query, path, then the field")
+    msg: str
+    type: str
+
+
 class ValidationErrorResponse(ErrorResponse):
-    errors: list[dict] = Field(description="one entry per invalid parameter: loc, msg, type")
+    errors: list[InvalidParameter] | None = Field(None, description="one entry per invalid parameter (absent when "
+                                                                    "the image itself is unreadable)")
 
 
 class SearchHit(BaseModel):

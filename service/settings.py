@@ -44,12 +44,16 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * MiB, ge=1)  # per file; the request body may add multipart overhead
     max_pixels: int = Field(40_000_000, ge=1)  # width x height, checked from the header before decoding
     thumbnail_px: int = Field(160, ge=16, le=1024)  # longest side of GET /images/{id}/thumbnail
+    decode_threads: int = Field(2, ge=1)  # image decodes at once (uploads, thumbnails): docs/decode-benchmark.md
+    decode_pixel_budget: int = Field(40_000_000, ge=1)  # pixels all running decodes may hold together
 
     # --- access ---
     api_key: SecretStr | None = None  # X-API-Key for mutating endpoints; unset: they answer 403
     protect_reads: bool = False  # true: reads need the API key too
-    rate_limit_per_minute: float = Field(120.0, ge=0)  # per client on /search and uploads; 0 = off
+    rate_limit_per_minute: float = Field(120.0, ge=0)  # per client on /search, /similar, uploads; 0 = off
     rate_limit_burst: int = Field(20, ge=1)  # requests a client may send at once before the limit bites
+    thumbnail_rate_limit_per_minute: float = Field(1200.0, ge=0)  # per client on thumbnails (a page asks k)
+    thumbnail_rate_limit_burst: int = Field(200, ge=1)
     cors_origins: Annotated[list[str], NoDecode] = []  # e.g. "https://a.example,https://b.example"
 
     # --- operations ---
@@ -63,6 +67,8 @@ class Settings(BaseSettings):
     worker_threads: int = Field(0, ge=0)  # torch threads of a training job; 0 = all cores but one (the API's)
     jobs_lock_ttl_s: float = Field(60.0, gt=1)  # a running job's lease; a dead worker's job fails after it
     jobs_heartbeat_s: float = Field(5.0, gt=0)  # how often a running job renews its lease and progress
+    jobs_time_limit_s: float = Field(48 * 3600.0, gt=0)  # a job running longer stops and fails (resumable)
+    jobs_history: int = Field(100, ge=1, le=10_000)  # job records kept (GET /jobs); older ones are dropped
 
     @field_validator("log_level", mode="before")
     @classmethod

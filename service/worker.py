@@ -1,33 +1,73 @@
 """The Celery worker: `npid worker` (or `celery -A service.worker worker -Q training -c 1`).
 
 Settings come from the same NPID_* variables as the API. The task bodies live in service/pipeline.py.
+While it runs, the worker says so in Redis every heartbeat (service/jobs.py: worker presence), so the API can
+refuse jobs, or fail queued ones, when no worker is there to run them.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
 
-from .jobs import JobStore
+from celery import signals
+
+from .jobs import JobStore, JobsUnavailable
 from .pipeline import run_index_job, run_train_job
 from .queue import INDEX_TASK, QUEUE, TRAIN_TASK, make_celery
+from .runs import clean_runs
 from .settings import load_settings
 
 log = logging.getLogger(__name__)
 
 settings = load_settings()
-app = make_celery(settings.redis_url)
+app = make_celery(settings.redis_url, settings.jobs_time_limit_s)
+NAME = f"{socket.gethostname()}:{os.getpid()}"
+_leaving = threading.Event()
 
 
 def _job_store() -> JobStore:
-    return JobStore(settings.redis_url, settings.jobs_lock_ttl_s, settings.jobs_heartbeat_s)
+    return JobStore(settings.redis_url, settings.jobs_lock_ttl_s, settings.jobs_heartbeat_s, settings.jobs_history)
+
+
+def _announce_presence() -> None:
+    jobs = _job_store()
+    while True:
+        try:
+            jobs.worker_present(NAME)
+        except JobsUnavailable as e:  # Redis away for a moment: the next beat retries
+            log.warning("cannot announce this worker: %s", e)
+        if _leaving.wait(jobs.heartbeat_s):
+            return
+
+
+@signals.worker_ready.connect
+def _start_presence(**_) -> None:
+    threading.Thread(target=_announce_presence, name="npid-worker-presence", daemon=True).start()
+
+
+@signals.worker_shutdown.connect
+def _end_presence(**_) -> None:
+    _leaving.set()
+    try:
+        _job_store().worker_gone(NAME)
+    except JobsUnavailable:
+        pass  # its presence expires by itself
 
 
 def _run(job_id: str, body) -> None:
     jobs = _job_store()
     job = jobs.start(job_id)
     if job is None:
-        log.info("job %s is cancelled or unknown: skipped", job_id)
+        log.info("job %s is cancelled, finished or unknown: skipped", job_id)
         return
+    try:  # earlier runs: only failed training runs stay, for resume
+        keep = {j.id for j in jobs.recent(settings.jobs_history) if j.kind == "train" and j.state == "failed"}
+        clean_runs(settings.artifacts_dir, keep | {job.id})
+    except JobsUnavailable as e:
+        log.warning("run folders not cleaned this time: %s", e)
     body(settings, jobs, job)
 
 

@@ -28,12 +28,16 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def load_rgb(source: str | Path | IO[bytes]) -> Image.Image:
+def load_rgb(source: str | Path | IO[bytes], draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode an image file to RGB: first frame, EXIF orientation applied, any mode converted.
 
+    `draft` (width, height): a JPEG is decoded at the smallest 1/2, 1/4 or 1/8 scale still at least that large
+    (Pillow's draft mode: a fraction of the memory and time); other formats ignore it.
     Raises OSError / ValueError / Image.DecompressionBombError on unreadable data.
     """
     with Image.open(source) as im:
+        if draft is not None and im.format == "JPEG":
+            im.draft("RGB", draft)
         im.seek(0)  # first frame of GIF / animated WebP / multi-page TIFF
         im = ImageOps.exif_transpose(im)
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale to 8 bit, keep contrast

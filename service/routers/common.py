@@ -1,26 +1,57 @@
-"""Shared by the search and image routes: decoding off the loop, and neighbours -> SearchResponse."""
+"""Shared by the search and image routes: the OpenAPI error responses, decoding in the bounded pool, and
+neighbours -> SearchResponse."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Any
 
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 
+from .. import collection
+from ..decoding import DecodePool, PixelBudget
 from ..engine import LiveVersion, Neighbour
-from ..schemas import SearchHit, SearchResponse
-from ..uploads import decode_upload
+from ..schemas import ErrorResponse, SearchHit, SearchResponse, ValidationErrorResponse
+from ..uploads import Decoded, decode_upload, draft_pixels
+
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}}
+INVALID = {422: {"model": ValidationErrorResponse, "description": "invalid parameters"}}
+LIMITED = {429: {"model": ErrorResponse, "description": "rate limit; see Retry-After", "headers": RETRY_AFTER}}
+UNAVAILABLE = {503: {"model": ErrorResponse, "description": "not available yet; see Retry-After",
+                     "headers": RETRY_AFTER}}
+WRITE_AUTH = {401: {"model": ErrorResponse, "description": "missing API key"},
+              403: {"model": ErrorResponse, "description": "wrong API key, or the server has none"}}
+NOT_FOUND = {404: {"model": ErrorResponse, "description": "no such image"}}
+UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorResponse, "description": "upload or image too large"},
+    415: {"model": ErrorResponse, "description": "not JPEG, PNG, WebP, GIF, BMP or TIFF"},
+    422: {"model": ValidationErrorResponse, "description": "corrupt image or invalid parameters"},
+    **LIMITED, **UNAVAILABLE,
+}
 
 
-def _timed_decode(data: bytes, max_pixels: int) -> tuple[Image.Image, float]:
+def _timed_decode(budget: PixelBudget, data: bytes, max_pixels: int, side: int | None) -> tuple[Decoded, float]:
     start = time.perf_counter()
-    image = decode_upload(data, max_pixels)
-    return image, time.perf_counter() - start
+    decoded = decode_upload(budget, data, max_pixels, side)
+    return decoded, time.perf_counter() - start
 
 
-async def decode_in_thread(data: bytes, max_pixels: int) -> tuple[Image.Image, float]:
-    """The checked RGB image and the seconds its decoding took; UploadRejected on bad input."""
-    return await run_in_threadpool(_timed_decode, data, max_pixels)
+async def decode(pool: DecodePool, data: bytes, max_pixels: int, side: int | None = None) -> tuple[Decoded, float]:
+    """The checked RGB image (at least `side` px both ways) and the seconds its decoding took;
+    UploadRejected on bad input."""
+    return await pool.run(_timed_decode, data, max_pixels, side)
+
+
+def _budgeted_thumbnail(budget: PixelBudget, path: Path, px: int) -> bytes:
+    with Image.open(path) as im:
+        pixels = draft_pixels(im, (px, px))
+    with budget.hold(pixels):
+        return collection.thumbnail(path, px)
+
+
+async def thumbnail(pool: DecodePool, path: Path, px: int) -> bytes:
+    return await pool.run(_budgeted_thumbnail, path, px)
 
 
 def hit(n: Neighbour) -> SearchHit:

@@ -1,28 +1,35 @@
-"""Background jobs: retrain (POST /jobs/train), re-index (POST /jobs/index), status, list, cancel.
+"""Background jobs: retrain (POST /jobs/train), re-index (POST /jobs/index), status, list, cancel, resume.
 
 The handlers are plain `def`: FastAPI runs them in its thread pool, so the (fast-failing) Redis calls never
-block the event loop that serves /search.
+block the event loop that serves /search. Errors (Redis away, no worker, a job holding the lock) are mapped to
+HTTP in service/errors.py.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import JSONResponse
+from celery import Celery
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from kombu.exceptions import OperationalError
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..auth import require_api_key, require_read_access
-from ..jobs import Job, JobConflict, JobStore, JobsUnavailable
+from ..auth import READ, ReadAccess, WriteAccess, has_valid_key
+from ..deps import JobsDep, SettingsDep
+from ..errors import JobNotFound, without_paths
+from ..jobs import Job, JobConflict, JobStore, JobsUnavailable, NoWorker
 from ..queue import INDEX_TASK, TRAIN_TASK, make_celery, send
+from ..runs import checkpoint_of
 from ..schemas import ErrorResponse
+from .common import INVALID, UNAVAILABLE, WRITE_AUTH
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$", description="the id POST /jobs/train or /jobs/index gave")]
 
 
 class TrainOverrides(BaseModel):
@@ -46,12 +53,11 @@ class TrainOverrides(BaseModel):
 
 class JobAccepted(BaseModel):
     job_id: str
-    state: str
+    state: Literal["queued"]
 
 
-class JobConflictResponse(BaseModel):
-    detail: str
-    job_id: str
+class JobConflictResponse(ErrorResponse):
+    job_id: str = Field(description="the job holding the lock (or the one that cannot be resumed)")
 
 
 class JobOut(BaseModel):
@@ -62,107 +68,125 @@ class JobOut(BaseModel):
     created: datetime
     started: datetime | None
     finished: datetime | None
+    attempt: int = Field(description="attempts started (more than 1 after a resume)")
     progress: dict[str, Any] = Field(description="phase (loading, training, embedding, indexing, publishing), "
                                                  "epoch, step, loss, knn_top1, images_per_s, eta_s")
     version: str | None = Field(description="the version this job published")
-    metrics: dict[str, Any]
+    metrics: dict[str, Any] = Field(description="results; the training config only for callers with the key")
     error: str | None
 
     @classmethod
-    def of(cls, job: Job) -> JobOut:
+    def of(cls, job: Job, full: bool) -> JobOut:
+        """`full`: the caller has the key and may see the job's config (which names server folders)."""
         def ts(t: float | None) -> datetime | None:
             return None if t is None else datetime.fromtimestamp(t, timezone.utc)
 
+        metrics = job.metrics if full else {k: v for k, v in job.metrics.items() if k != "train_config"}
         return cls(id=job.id, kind=job.kind, state=job.state, params=job.params, created=ts(job.created),
-                   started=ts(job.started), finished=ts(job.finished), progress=job.progress,
-                   version=job.version, metrics=job.metrics, error=job.error)
+                   started=ts(job.started), finished=ts(job.finished), attempt=job.attempt, progress=job.progress,
+                   version=job.version, metrics=metrics, error=None if job.error is None else without_paths(job.error))
 
 
-def get_jobs(request: Request) -> JobStore:
+async def get_queue(request: Request) -> Celery:
     state = request.app.state
-    if getattr(state, "jobs", None) is None:
-        s = state.settings
-        state.jobs = JobStore(s.redis_url, s.jobs_lock_ttl_s, s.jobs_heartbeat_s)
-        state.celery = make_celery(s.redis_url)
-    return state.jobs
+    if getattr(state, "celery", None) is None:
+        state.celery = make_celery(state.settings.redis_url)
+    return state.celery
 
 
-def _unavailable(e: Exception) -> HTTPException:
-    return HTTPException(503, str(e), headers={"Retry-After": "5"})
+QueueDep = Annotated[Celery, Depends(get_queue)]
 
 
-def _submit(request: Request, jobs: JobStore, kind: Literal["train", "index"], params: dict) -> JSONResponse:
+def _queue(queue: Celery, jobs: JobStore, job: Job) -> Response:
     try:
-        job = jobs.create(kind, params)
-    except JobConflict as e:
-        return JSONResponse({"detail": f"a job is already queued or running: {e.job_id}", "job_id": e.job_id},
-                            status_code=409)
-    except JobsUnavailable as e:
-        raise _unavailable(e) from e
-    try:
-        send(request.app.state.celery, TRAIN_TASK if kind == "train" else INDEX_TASK, job.id)
+        send(queue, TRAIN_TASK if job.kind == "train" else INDEX_TASK, job.id)
     except (OperationalError, OSError) as e:
-        jobs.discard(job, f"could not queue the job: {e}")
-        raise _unavailable(JobsUnavailable(f"the job queue is unavailable: {e}")) from e
-    log.info("queued %s job %s %s", kind, job.id, params)
-    return JSONResponse({"job_id": job.id, "state": job.state}, status_code=202,
-                        headers={"Location": f"/jobs/{job.id}"})
+        log.error("could not queue job %s: %s", job.id, e)
+        jobs.discard(job, "could not queue the job: the broker is unreachable")
+        raise JobsUnavailable("the job queue is unavailable: cannot reach the broker") from e
+    log.info("queued %s job %s %s", job.kind, job.id, job.params)
+    return Response(JobAccepted(job_id=job.id, state="queued").model_dump_json(), status_code=202,
+                    media_type="application/json", headers={"Location": f"/jobs/{job.id}"})
 
 
-WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    202: {"model": JobAccepted}, 409: {"model": JobConflictResponse}, 503: {"model": ErrorResponse}}
-
-
-@router.post("/train", status_code=202, response_model=JobAccepted, responses=WRITE_RESPONSES,
-             dependencies=[Depends(require_api_key)])
-def train_job(request: Request, overrides: TrainOverrides | None = None, jobs: JobStore = Depends(get_jobs)):
-    """Retrain on the collection in the background, then index and publish the new version."""
-    return _submit(request, jobs, "train", overrides.to_config() if overrides else {})
-
-
-@router.post("/index", status_code=202, response_model=JobAccepted, responses=WRITE_RESPONSES,
-             dependencies=[Depends(require_api_key)])
-def index_job(request: Request, jobs: JobStore = Depends(get_jobs)):
-    """Re-embed the collection folder with the live model (no training) and publish a new version."""
-    return _submit(request, jobs, "index", {})
+def _submit(queue: Celery, jobs: JobStore, kind: Literal["train", "index"], params: dict) -> Response:
+    if not jobs.workers_alive():
+        raise NoWorker()
+    return _queue(queue, jobs, jobs.create(kind, params))
 
 
 def _get(jobs: JobStore, job_id: str) -> Job:
-    try:
-        job = jobs.get(job_id)
-    except JobsUnavailable as e:
-        raise _unavailable(e) from e
+    job = jobs.get(job_id)
     if job is None:
-        raise HTTPException(404, f"no job {job_id}")
+        raise JobNotFound(job_id)
     return job
 
 
-@router.get("", response_model=list[JobOut], dependencies=[Depends(require_read_access)],
-            responses={503: {"model": ErrorResponse}})
-def list_jobs(limit: int = 20, jobs: JobStore = Depends(get_jobs)) -> list[JobOut]:
+LOCATION = {"Location": {"description": "the job's status URL", "schema": {"type": "string"}}}
+WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"model": JobAccepted, "headers": LOCATION},
+    409: {"model": JobConflictResponse, "description": "another job is queued or running"},
+    **WRITE_AUTH, **INVALID, **UNAVAILABLE}
+JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "no such job"}, **INVALID, **UNAVAILABLE}
+
+
+@router.post("/train", status_code=202, response_model=JobAccepted, responses=WRITE_RESPONSES,
+             dependencies=[WriteAccess])
+def train_job(jobs: JobsDep, queue: QueueDep, overrides: TrainOverrides | None = None) -> Response:
+    """Retrain on the collection in the background, then index and publish the new version."""
+    return _submit(queue, jobs, "train", overrides.to_config() if overrides else {})
+
+
+@router.post("/index", status_code=202, response_model=JobAccepted, responses=WRITE_RESPONSES,
+             dependencies=[WriteAccess])
+def index_job(jobs: JobsDep, queue: QueueDep) -> Response:
+    """Re-embed the collection folder with the live model (no training) and publish a new version."""
+    return _submit(queue, jobs, "index", {})
+
+
+@router.get("", response_model=list[JobOut], openapi_extra=READ, dependencies=[ReadAccess],
+            responses={**INVALID, **UNAVAILABLE})
+def list_jobs(request: Request, jobs: JobsDep,
+              limit: Annotated[int, Query(ge=1, le=200, description="jobs to list")] = 20) -> list[JobOut]:
     """Recent jobs, newest first."""
-    if not 1 <= limit <= 200:
-        raise HTTPException(422, "limit must be between 1 and 200")
-    try:
-        return [JobOut.of(j) for j in jobs.recent(limit)]
-    except JobsUnavailable as e:
-        raise _unavailable(e) from e
+    full = has_valid_key(request)
+    return [JobOut.of(j, full) for j in jobs.recent(limit)]
 
 
-@router.get("/{job_id}", response_model=JobOut, dependencies=[Depends(require_read_access)],
-            responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
-def job_status(job_id: str, jobs: JobStore = Depends(get_jobs)) -> JobOut:
+@router.get("/{job_id}", response_model=JobOut, openapi_extra=READ, dependencies=[ReadAccess],
+            responses=JOB_RESPONSES)
+def job_status(request: Request, job_id: JobId, jobs: JobsDep) -> JobOut:
     """State and progress of one job."""
-    return JobOut.of(_get(jobs, job_id))
+    return JobOut.of(_get(jobs, job_id), has_valid_key(request))
 
 
-@router.delete("/{job_id}", response_model=JobOut, dependencies=[Depends(require_api_key)],
-               responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
-def cancel_job(job_id: str, jobs: JobStore = Depends(get_jobs)) -> JobOut:
-    """Cancel: a queued job at once, a running one at its next step; a cancelled job publishes nothing."""
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, dependencies=[WriteAccess],
+             responses={**JOB_RESPONSES, **WRITE_AUTH})
+def cancel_job(job_id: JobId, jobs: JobsDep) -> JobOut:
+    """Cancel: a queued job at once, a running one at its next step (it then publishes nothing). A finished
+    job is answered as it is. The job stays readable at GET /jobs/{job_id}."""
     _get(jobs, job_id)
-    try:
-        job = jobs.cancel(job_id)
-    except JobsUnavailable as e:
-        raise _unavailable(e) from e
-    return JobOut.of(job)
+    return JobOut.of(jobs.cancel(job_id), True)
+
+
+@router.delete("/{job_id}", status_code=202, response_model=JobOut, dependencies=[WriteAccess],
+               include_in_schema=False)
+def cancel_job_alias(job_id: JobId, jobs: JobsDep) -> JobOut:
+    """Deprecated alias of POST /jobs/{job_id}/cancel (same answer; the record is not deleted)."""
+    return cancel_job(job_id, jobs)
+
+
+@router.post("/{job_id}/resume", status_code=202, response_model=JobAccepted, dependencies=[WriteAccess],
+             responses={**WRITE_RESPONSES, 404: JOB_RESPONSES[404],
+                        409: {"model": JobConflictResponse, "description": "not resumable, or another job holds "
+                                                                          "the lock"}})
+def resume_job(job_id: JobId, jobs: JobsDep, queue: QueueDep, settings: SettingsDep) -> Response:
+    """Continue a failed training job (worker lost, lease lost, time limit) from its last checkpoint, under the
+    same id. 409 when it is not a failed training job or left no checkpoint."""
+    job = _get(jobs, job_id)
+    if job.kind == "train" and job.state == "failed" and not checkpoint_of(settings.artifacts_dir, job_id).exists():
+        raise JobConflict(job_id, f"job {job_id} left no checkpoint to resume from: post a new training job")
+    if not jobs.workers_alive():
+        raise NoWorker()
+    return _queue(queue, jobs, jobs.resume(job_id))

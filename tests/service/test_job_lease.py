@@ -1,12 +1,13 @@
-"""A running job keeps its lease through long phases that report no progress; a dead one loses it."""
+"""The job lock's lease against a real Redis: renewal while silent, reaping when dead, fencing of a job that
+lost its lease, atomic create, "no worker", history trimming, resume."""
 
 import time
 
 import pytest
 import redis
 
-from service.jobs import JobStore
-from service.pipeline import JobReporter
+from service.jobs import LOCK, NO_WORKER, PREFIX, JobConflict, JobStore, LeaseLost
+from service.reporter import JobReporter, run_job
 
 URL = "redis://127.0.0.1:6379/13"
 
@@ -17,7 +18,7 @@ def store():
         redis.Redis.from_url(URL, socket_connect_timeout=1).flushdb()
     except redis.ConnectionError:
         pytest.skip("no Redis on 127.0.0.1:6379 (scripts/test.sh starts one)")
-    return JobStore(URL, lock_ttl_s=0.6, heartbeat_s=0.1)
+    return JobStore(URL, lock_ttl_s=0.6, heartbeat_s=0.1, history=3)
 
 
 def test_lease_is_renewed_while_the_job_body_is_silent(store):
@@ -25,7 +26,7 @@ def test_lease_is_renewed_while_the_job_body_is_silent(store):
     with JobReporter(store, job):
         time.sleep(1.5)  # 2.5 lease lengths without a progress report
         assert store.get(job.id).state == "running"
-    store.succeed(job, "v000009", {})
+    assert store.succeed(job, "v000009", {})
     assert store.get(job.id).state == "succeeded"
     assert store.create("train", {}).state == "queued"  # the lock was released, not renewed after the end
 
@@ -36,3 +37,82 @@ def test_without_renewal_the_job_is_reaped_as_worker_lost(store):
     reaped = store.get(job.id)
     assert reaped.state == "failed" and "worker lost" in reaped.error
     assert store.create("train", {}).state == "queued"
+
+
+def test_lease_expires_job_reaped_new_job_starts_old_worker_wakes_up(store):
+    old = store.start(store.create("train", {}).id)
+    stalled = JobReporter(store, old)  # the old worker's reporter, its lease thread frozen (never entered)
+    time.sleep(0.8)  # lease expires
+    assert store.get(old.id).state == "failed"  # reaped
+    new = store.start(store.create("train", {}).id)  # a new job takes the lock
+    new_lock = store.r.get(LOCK)
+    assert new_lock == new.lock_value and new.lease != old.lease
+
+    # the old worker wakes up: it may not renew, publish, or finish over anyone
+    with pytest.raises(LeaseLost):
+        store.renew(old)
+    with pytest.raises(LeaseLost):
+        stalled.fence()
+    published = []
+
+    def body(reporter):
+        reporter.fence()
+        published.append("v-old")  # never reached
+        return "v-old", {}
+
+    run_job(store, old, body)
+    assert published == []
+    assert store.r.get(LOCK) == new_lock and store.r.pttl(LOCK) > 0  # the new job's lock is untouched
+    assert not store.succeed(old, "v-old", {})
+    record = store.get(old.id)
+    assert record.state == "failed" and "worker lost" in record.error and record.version is None
+    store.renew(new)  # the new job keeps its lease
+    assert store.succeed(new, "v-new", {}) and store.r.get(LOCK) is None
+
+
+def test_create_writes_lock_and_record_together_and_conflicts_name_the_holder(store):
+    job = store.create("index", {})
+    assert store.r.get(LOCK) == f"{job.id}:queued" and store.get(job.id).state == "queued"
+    with pytest.raises(JobConflict) as e:
+        store.create("train", {})
+    assert e.value.job_id == job.id
+    assert store.r.zcard(PREFIX + "jobs") == 1  # the refused job left no record
+
+
+def test_a_queued_job_without_a_worker_fails_and_frees_the_lock(store):
+    store.worker_present("w1")
+    waiting = store.create("train", {})
+    time.sleep(0.8)  # longer than a lease: the worker's presence has expired too
+    assert store.workers_alive() == 0
+    job = store.get(waiting.id)
+    assert job.state == "failed" and job.error == NO_WORKER
+    store.worker_present("w1")
+    kept = store.create("train", {})
+    time.sleep(0.7)
+    store.worker_present("w1")
+    assert store.get(kept.id).state == "queued"  # a live worker: it stays queued
+
+
+def test_history_is_trimmed_to_the_newest(store):
+    ids = []
+    for _ in range(5):
+        job = store.create("index", {})
+        store.cancel(job.id)
+        ids.append(job.id)
+    assert [j.id for j in store.recent(10)] == ids[::-1][:3]
+    assert store.get(ids[0]) is None and not store.r.exists(PREFIX + "cancel:" + ids[0])
+
+
+def test_resume_requeues_a_failed_training_job_under_a_new_lease(store):
+    first = store.start(store.create("train", {"epochs": 3}).id)
+    time.sleep(0.8)
+    assert store.get(first.id).state == "failed"
+    resumed = store.resume(first.id)
+    assert resumed.state == "queued" and resumed.resume and resumed.params == {"epochs": 3}
+    second = store.start(first.id)
+    assert second.attempt == 2 and second.lease != first.lease
+    with pytest.raises(LeaseLost):
+        store.renew(first)  # the dead first attempt stays fenced off
+    assert store.succeed(second, "v1", {})
+    with pytest.raises(JobConflict):
+        store.resume(first.id)  # succeeded: nothing to resume

@@ -1,92 +1,31 @@
-"""Background jobs end to end: a real Redis (our own redis-server, so it can be stopped), a real Celery worker
-process (`npid worker`), the real app. Tiny model, tiny collection."""
+"""Background jobs end to end: a real Redis (our own persistent redis-server, so it can be stopped and restarted),
+a real Celery worker process (`npid worker`), the real app. Tiny model, tiny collection."""
 
 from __future__ import annotations
 
 import io
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
-import ports
 import pytest
-import redis
 import yaml
 from fastapi.testclient import TestClient
 from PIL import Image
+from processes import RedisServer, Worker, wait_for
 
 from index import ArtifactStore
 from service.app import create_app
+from service.jobs import JobStore
+from service.runs import checkpoint_of
 from service.settings import Settings
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 
 KEY = {"X-API-Key": "test-key"}
 LOCK_TTL_S = 3.0
-
-
-class RedisServer:
-    """A private redis-server on a free port, stoppable and restartable on the same port."""
-
-    def __init__(self, workdir: Path):
-        self.port, self.workdir, self.proc = ports.free_port(), workdir, None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", str(self.workdir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: self.ping(), 10, "redis-server did not start")
-
-    def ping(self) -> bool:
-        try:
-            return bool(redis.Redis(port=self.port, socket_connect_timeout=0.2).ping())
-        except redis.RedisError:
-            return False
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-class Worker:
-    """`npid worker` as a child process in its own process group (so SIGKILL takes the pool child too)."""
-
-    def __init__(self, env: dict, log: Path):
-        self.env, self.log, self.proc = env, log, None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--loglevel", "INFO"],
-                                     env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def kill(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-def wait_for(predicate, timeout_s: float, message: str, every_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(message)
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +48,16 @@ def stack(collection_template, store_template, tmp_path_factory):
            "NPID_JOBS_LOCK_TTL_S": str(LOCK_TTL_S), "NPID_JOBS_HEARTBEAT_S": "0.3"}
     worker = Worker(env, tmp / "worker.log")
     worker.start()
+    wait_for_worker(settings)
     with TestClient(create_app(settings)) as client:
         yield client, settings, server, worker
     worker.stop()
     server.stop()
+
+
+def wait_for_worker(settings: Settings) -> None:
+    jobs = JobStore(settings.redis_url, settings.jobs_lock_ttl_s, settings.jobs_heartbeat_s)
+    wait_for(lambda: jobs.workers_alive(), 60, "the worker never announced itself", every_s=0.1)
 
 
 def png_bytes(seed: int = 0) -> bytes:
@@ -167,7 +112,8 @@ def test_train_job_publishes_a_version_that_search_then_uses(stack):
 
 def test_unknown_job_is_404_and_bad_overrides_are_422(stack):
     client = stack[0]
-    assert client.get("/jobs/nope").status_code == 404
+    assert client.get("/jobs/000000000000").status_code == 404
+    assert client.get("/jobs/nope").status_code == 422  # not a job id
     assert client.post("/jobs/train", json={"epochs": 0}, headers=KEY).status_code == 422
     assert client.post("/jobs/train", json={"learning_rate": 1}, headers=KEY).status_code == 422
     assert client.post("/jobs/train", json={"backbone": "vgg16"}, headers=KEY).status_code == 422
@@ -193,7 +139,7 @@ def test_two_concurrent_triggers_one_202_one_409_then_cancel(stack):
     assert next(a for a in answers if a.status_code == 409).json()["job_id"] == accepted
 
     running_with_progress(client, accepted)
-    assert client.delete(f"/jobs/{accepted}", headers=KEY).status_code == 200
+    assert client.post(f"/jobs/{accepted}/cancel", headers=KEY).status_code == 202
     job = finished(client, accepted, 60)
     assert job["state"] == "cancelled" and job["version"] is None
     assert current(settings) == version  # nothing published
@@ -223,15 +169,43 @@ def test_sigkilled_worker_fails_the_job_frees_the_lock_and_old_version_serves(st
     version = current(settings)
     job_id = client.post("/jobs/train", json={"epochs": 200}, headers=KEY).json()["job_id"]
     running_with_progress(client, job_id)
+    wait_for(lambda: client.get(f"/jobs/{job_id}").json()["progress"].get("epoch", 0) >= 3, 60, "no 3rd epoch")
     worker.kill()
     job = finished(client, job_id, LOCK_TTL_S + 30)
     assert job["state"] == "failed" and "worker lost" in job["error"]
     assert current(settings) == version and search(client)["version"] == version
+    assert checkpoint_of(settings.artifacts_dir, job_id).exists()  # a failed training run keeps its checkpoint
+    died_at = job["progress"]["epoch"]
 
+    r = client.post(f"/jobs/{job_id}/resume", headers=KEY)  # no worker yet
+    assert r.status_code == 503 and "no worker" in r.json()["detail"] and r.headers["Retry-After"]
     worker.start()
+    wait_for_worker(settings)
+    r = client.post(f"/jobs/{job_id}/resume", headers=KEY)
+    assert r.status_code == 202, r.text
+    seen = running_with_progress(client, job_id)
+    assert seen["attempt"] == 2 and seen["progress"]["epoch"] >= max(died_at, 2)  # continued, not restarted from zero
+    assert client.post(f"/jobs/{job_id}/cancel", headers=KEY).status_code == 202
+    assert finished(client, job_id, 60)["state"] == "cancelled"
     r = client.post("/jobs/train", json={"epochs": 1}, headers=KEY)  # lock released
     assert r.status_code == 202, r.text
-    assert finished(client, r.json()["job_id"])["state"] == "succeeded"
+    done = finished(client, r.json()["job_id"])
+    assert done["state"] == "succeeded"
+    assert "train_config" not in done["metrics"]  # not shown without the key
+    assert "train_config" in client.get(f"/jobs/{done['id']}", headers=KEY).json()["metrics"]
+    assert not (settings.artifacts_dir / "runs" / job_id).exists()  # finished runs are cleaned at the next job
+
+
+def test_redis_restart_mid_job_the_job_survives_and_publishes(stack):
+    client, settings, server, _ = stack
+    job_id = client.post("/jobs/train", json={"epochs": 30}, headers=KEY).json()["job_id"]
+    running_with_progress(client, job_id)
+    server.stop()
+    time.sleep(LOCK_TTL_S / 2)  # away for half a lease: progress reports and cancel checks retry meanwhile
+    server.start()
+    job = finished(client, job_id)
+    assert job["state"] == "succeeded", job
+    assert current(settings) == job["version"]
 
 
 def test_redis_down_search_answers_jobs_503_then_recover(stack):

@@ -36,7 +36,7 @@ def test_build_publishes_a_complete_version(tmp_path, export):
     assert sorted(p.name for p in directory.iterdir()) == sorted([*DATA_FILES, "manifest.json"])
     m = store.verify(version)
     assert m["version"] == version and m["parent"] is None
-    assert m["counts"] == {"vectors": 300, "dim": D, "next_id": 300, "labelled": 300}
+    assert m["counts"] == {"vectors": 300, "dim": D, "next_id": 300, "labelled": 300, "delta": 0}
     assert m["index"]["spec"]["kind"] == "flat" and m["index"]["tuning"]["recall"] == 1.0
     assert m["training"]["metrics"] == {"knn_top1": 0.5, "loss": 7.25}
     assert m["training"]["config"]["epochs"] == 3

@@ -229,6 +229,11 @@ class ArtifactStore:
             raise DamagedVersionError(f"{version}: cannot be loaded ({e})") from e
         return LoadedVersion(version, directory, manifest, searcher, tombstones)
 
+    def next_id(self) -> int:
+        """The first id not handed out yet: every image entering the collection from now on gets one >= it."""
+        current = self._pointer_or_none()
+        return self._next_free(None if current is None else self.manifest(current.version))
+
     def list(self) -> list[VersionInfo]:
         """Every version on disk, oldest first, with its manifest (or why it could not be read)."""
         pointer = self._pointer_or_none()

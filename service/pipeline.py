@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from index import ArtifactStore, IndexConfig
+from index import ArtifactStore, Embed, IndexConfig
 from trainer.augment import Preprocess
 from trainer.config import TrainConfig
 from trainer.data import ImageFolder, scan_folder
@@ -27,6 +27,7 @@ from trainer.distributed import local_device
 from trainer.embed import embed_dataset, load_model_and_config, write_export
 from trainer.train import Progress, TrainingCancelled, train
 
+from .collection import file_embedder
 from .jobs import Job, JobStore, JobsUnavailable
 from .settings import Settings
 
@@ -106,14 +107,16 @@ class JobReporter:
         return self.stop
 
 
-def publish_unless_cancelled(store: ArtifactStore, export_dir: Path, reporter: JobReporter) -> str:
+def publish_unless_cancelled(store: ArtifactStore, export_dir: Path, reporter: JobReporter, carry_from: int,
+                             embed: Embed) -> str:
+    """Index the export, then publish it rebased onto what was published since the job began (carry_from: the
+    store's next id then): images added meanwhile are embedded with the new model and kept, deletions stay."""
     reporter.phase("indexing")
     version = store.build(export_dir, IndexConfig(), publish=False)
     if reporter.store.cancel_requested(reporter.job.id):
         raise TrainingCancelled("cancelled before publishing")
     reporter.phase("publishing", version=version)
-    store.publish(version)
-    return version
+    return store.publish_rebased(version, carry_from, embed)
 
 
 def run_train_job(settings: Settings, jobs: JobStore, job: Job) -> None:
@@ -149,6 +152,8 @@ def _configure_threads(settings: Settings) -> None:
 def _train(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, dict]:
     _configure_threads(settings)
     reporter.phase("loading")
+    store = ArtifactStore(settings.artifacts_dir)
+    carry_from = store.next_id()  # images added from here on are carried onto the new version
     n = len(scan_folder(settings.collection_root))
     device = local_device(settings.train_device)  # CUDA is first touched here, inside the task
     cfg = training_config(settings, job.params, n, device.type == "cuda")
@@ -156,7 +161,8 @@ def _train(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, di
     cfg = cfg.replace(data=str(settings.collection_root), out=str(run), device=str(device), progress=False)
     log.info("job %s: training %s", job.id, cfg.to_dict())
     metrics = train(cfg, on_progress=reporter.progress, should_stop=reporter.should_stop, resume=False)
-    version = publish_unless_cancelled(ArtifactStore(settings.artifacts_dir), run / "export", reporter)
+    version = publish_unless_cancelled(store, run / "export", reporter, carry_from,
+                                       file_embedder(settings.collection_root, str(device)))
     (run / "checkpoint.pt").unlink(missing_ok=True)  # the version holds the model; keep the logs and pictures
     return version, {**metrics, "train_config": cfg.to_dict()}
 
@@ -165,6 +171,7 @@ def _reindex(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, 
     _configure_threads(settings)
     reporter.phase("loading")
     store = ArtifactStore(settings.artifacts_dir)
+    carry_from = store.next_id()
     live = store.load()
     device = local_device(settings.train_device)
     encoder, model_cfg = load_model_and_config(live.directory / "model.pt", device)
@@ -180,7 +187,8 @@ def _reindex(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, 
     write_export(export, feats, ds, encoder, model_cfg, pre,
                  {"train_config": (live.manifest.get("training") or {}).get("config"), "metrics": metrics})
     try:
-        version = publish_unless_cancelled(store, export, reporter)
+        version = publish_unless_cancelled(store, export, reporter, carry_from,
+                                           file_embedder(settings.collection_root, str(device)))
     finally:
         shutil.rmtree(export.parent, ignore_errors=True)
     return version, metrics

@@ -44,7 +44,7 @@ Semantics
 CLI: `npid index build|list|publish|rollback|search|stats` (index/cli.py).
 """
 
-from .artifact import ArtifactStore, LoadedVersion, VersionInfo
+from .artifact import ArtifactStore, Embed, LoadedVersion, VersionInfo, version_kind
 from .config import IndexConfig
 from .errors import (
     DamagedVersionError,
@@ -61,6 +61,7 @@ from .search import MAX_K, Hit, Searcher
 __all__ = [
     "MAX_K",
     "ArtifactStore",
+    "Embed",
     "DamagedVersionError",
     "DimensionMismatchError",
     "EmptyCollectionError",
@@ -75,4 +76,5 @@ __all__ = [
     "VersionConflictError",
     "VersionInfo",
     "VersionNotFoundError",
+    "version_kind",
 ]

@@ -24,23 +24,40 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .build import build_tuned
+from .build import build_tuned, train_and_add
 from .config import IndexConfig
-from .content import Content, open_searcher, read_content, write_content
+from .content import (
+    SEGMENT_FILES,
+    Content,
+    Segment,
+    open_searcher,
+    read_delta,
+    read_segment,
+    read_tombstones_of,
+    spec_and_tuning,
+    write_content,
+)
+from .delta import Delta, LiveItems
 from .durable import fsync_dir, fsync_tree
-from .errors import DamagedVersionError, IndexStoreError, VersionConflictError, VersionNotFoundError
-from .export import read_export
+from .errors import (
+    DamagedVersionError,
+    EmptyCollectionError,
+    IndexStoreError,
+    VersionConflictError,
+    VersionNotFoundError,
+)
+from .export import MODEL_FILES, read_export
 from .manifest import FORMAT, MANIFEST, digest_files, library_versions, read_manifest, seal, verify_files
-from .metadata import Metadata, NewItem, describe_items, utc_now
+from .metadata import ItemMeta, Metadata, NewItem, describe_items, utc_now
 from .plan import choose_spec, estimate_bytes
 from .pointer import POINTER, Pointer, read_pointer, write_pointer
-from .search import Searcher
-from .update import with_added, without
+from .registry import assign_ids, plan_rebase, read_next_id, write_next_id
+from .search import Searcher, unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +85,14 @@ def _step(on_step: OnStep, name: str) -> None:
 
 @dataclass(frozen=True)
 class LoadedVersion:
-    """One loaded version: its searcher, and the directory holding model.pt + preprocess.json
+    """One loaded version: its searcher, its tombstones, and the directory holding model.pt + preprocess.json
     (embed queries with trainer.embed.Embedder.from_dir(directory))."""
 
     version: str
     directory: Path
     manifest: dict
     searcher: Searcher
+    tombstones: dict[str, int] = field(default_factory=dict)
 
     @property
     def dim(self) -> int:
@@ -88,11 +106,43 @@ class VersionInfo:
     manifest: dict | None  # None when the manifest is damaged
     problem: str | None = None
 
+    @property
+    def kind(self) -> str:
+        return "damaged" if self.manifest is None else version_kind(self.manifest)
 
-def _counts(content: Content, next_id: int) -> dict:
-    labelled = sum(it.label is not None for it in content.metadata.items)
-    return {"vectors": len(content.metadata), "dim": content.spec.dim, "next_id": int(next_id),
-            "labelled": labelled}
+
+@dataclass(frozen=True)
+class State:
+    """What a writer needs of the version it derives from: no FAISS index, no vectors of the segment."""
+
+    version: str
+    directory: Path
+    manifest: dict
+    items: LiveItems
+    tombstones: dict[str, int]
+
+    @property
+    def delta(self) -> Delta:
+        return self.items.delta
+
+
+# (model dir, items) -> (vectors MxD of the items it could embed, those items): how a rebase embeds the images
+# it carries onto another model (the index itself never embeds)
+Embed = Callable[[Path, list[ItemMeta]], tuple[np.ndarray, list[ItemMeta]]]
+
+
+def version_kind(manifest: dict) -> str:
+    """"model" for a version holding a (re)trained or re-indexed collection, "update" for add/remove/compact."""
+    return "model" if manifest["origin"]["kind"] == "build" else "update"
+
+
+def _counts(size: int, dim: int, next_id: int, labelled: int, delta: Delta) -> dict:
+    return {"vectors": int(size), "dim": int(dim), "next_id": int(next_id), "labelled": int(labelled),
+            "delta": delta.size}
+
+
+def _labelled(items: Iterable[ItemMeta]) -> int:
+    return sum(it.label is not None for it in items)
 
 
 class ArtifactStore:
@@ -137,32 +187,52 @@ class ArtifactStore:
         verify_files(directory, manifest)
         return manifest
 
-    def load(self, version: str | None = None, verify: bool = True, gpu: bool = False) -> LoadedVersion:
-        """Load a version (default: the current one), checksums verified unless verify=False."""
+    def load(self, version: str | None = None, verify: bool = True, gpu: bool = False,
+             reuse: LoadedVersion | None = None) -> LoadedVersion:
+        """Load a version (default: the current one), checksums verified unless verify=False.
+
+        With `reuse` (a loaded version of this store), a version sharing its base segment is loaded in
+        O(delta): the segment's index, vectors and metadata are reused, its files neither read nor re-hashed.
+        """
         if version is not None:
-            return self._load(version, verify, gpu)
+            return self._load(version, verify, gpu, reuse)
         for attempt in range(LOAD_ATTEMPTS):
             current = self.current_version()
             if current is None:
                 raise VersionNotFoundError(f"no version has been published in {self.root}")
             try:
-                return self._load(current, verify, gpu)
+                return self._load(current, verify, gpu, reuse)
             except (VersionNotFoundError, DamagedVersionError):
                 if attempt + 1 == LOAD_ATTEMPTS or self.current_version() == current:
                     raise
                 log.info("%s was replaced while loading it: loading the new current version", current)
         raise AssertionError("unreachable")
 
-    def _load(self, version: str, verify: bool, gpu: bool) -> LoadedVersion:
+    def _load(self, version: str, verify: bool, gpu: bool, reuse: LoadedVersion | None) -> LoadedVersion:
         directory = self.directory(version)
         manifest = read_manifest(directory)
+        shared = (reuse is not None and reuse.searcher.on_gpu == gpu
+                  and _same_files(manifest, reuse.manifest, SEGMENT_FILES))
+        skip: tuple[str, ...] = ()
+        if shared:  # already verified and held in memory: this version's copies of them are never read
+            same_model = _same_files(manifest, reuse.manifest, MODEL_FILES)
+            skip = (*SEGMENT_FILES, *MODEL_FILES) if same_model else SEGMENT_FILES
         try:
             if verify:
-                verify_files(directory, manifest)
-            searcher = open_searcher(directory, manifest, gpu)
+                verify_files(directory, manifest, skip=skip)
+            if shared:
+                searcher = reuse.searcher.with_delta(read_delta(directory, manifest))
+            else:
+                searcher = open_searcher(directory, manifest, gpu)
+            tombstones = read_tombstones_of(directory)
         except (OSError, ValueError, KeyError, TypeError) as e:  # vanished (pruned) or unverified damage
             raise DamagedVersionError(f"{version}: cannot be loaded ({e})") from e
-        return LoadedVersion(version, directory, manifest, searcher)
+        return LoadedVersion(version, directory, manifest, searcher, tombstones)
+
+    def next_id(self) -> int:
+        """The first id not handed out yet: every image entering the collection from now on gets one >= it."""
+        current = self._pointer_or_none()
+        return self._next_free(None if current is None else self.manifest(current.version))
 
     def list(self) -> list[VersionInfo]:
         """Every version on disk, oldest first, with its manifest (or why it could not be read)."""
@@ -180,62 +250,151 @@ class ArtifactStore:
 
     def build(self, export_dir: str | Path, config: IndexConfig = IndexConfig(), publish: bool = True,
               collection_root: str | Path | None = None, on_step: OnStep = None) -> str:
-        """A new version from a trainer export (published unless publish=False). Returns its id."""
+        """A new version from a trainer export (published unless publish=False). Returns its id.
+
+        Ids come from the registry of the current version (registry.py: a known path keeps its id, a
+        tombstoned one is left out, a moved file keeps its id by content). Publishing rebases onto what was
+        published meanwhile (see `publish_rebased`, here without carrying adds).
+        """
         export = read_export(export_dir)
         root = collection_root if collection_root is not None else export.meta.get("collection_root")
-        items = describe_items(export.items, root, utc_now())
-        spec = choose_spec(len(export.ids), export.dim, config)
-        built = build_tuned(export.embeddings, export.ids, spec, config)
-        content = Content(built.index, spec, built.tuning, export.embeddings, Metadata(items),
-                          export.directory)
+        described = describe_items(export.items, root, utc_now())
+        with self._writer():
+            snapshot = self.current_version()
+            state = None if snapshot is None else self._state(snapshot)
+            items, rows, next_id = assign_ids(described, None if state is None else state.items,
+                                              {} if state is None else state.tombstones,
+                                              self._next_free(None if state is None else state.manifest))
+            write_next_id(self.root, next_id)
+        if not items:
+            raise EmptyCollectionError(f"every image of {export.directory} was deleted from the collection")
+        vectors = np.ascontiguousarray(export.embeddings[rows])  # N' x D
+        ids = np.array([it.id for it in items], dtype=np.int64)  # N'
+        spec = choose_spec(len(ids), export.dim, config)
+        built = build_tuned(vectors, ids, spec, config)
+        content = Content(spec, built.tuning, Segment(built.index, vectors, Metadata(items)), len(items),
+                          Delta.empty(export.dim), {} if state is None else state.tombstones, export.directory)
         fields = {
             "origin": {"kind": "build", "export": str(export.directory.resolve()),
                        "export_created": export.meta.get("created")},
+            "registry_base": snapshot,
             "collection_root": None if root is None else str(root),
             "training": {"config": export.meta.get("train_config"), "metrics": export.meta.get("metrics"),
                          "classes": export.meta.get("classes", [])},
-            "counts": _counts(content, int(export.ids.max()) + 1),
+            "counts": _counts(len(items), export.dim, next_id, _labelled(items), content.delta),
             "index": {"spec": spec.to_dict(), "tuning": built.tuning.to_dict(), "recall_measured_on": None,
                       "build_seconds": round(built.seconds, 3),
-                      "estimated_bytes": estimate_bytes(spec, len(export.ids)), "config": config.to_dict()},
+                      "estimated_bytes": estimate_bytes(spec, len(ids)), "config": config.to_dict()},
+            **({"quality": export.meta["quality"]} if "quality" in export.meta else {}),
         }
         with self._writer():
-            return self._commit(content, fields, publish, on_step)
+            version = self._commit(content, fields, False, on_step)
+            return self._rebase_and_switch(version, None, None, on_step, discard=True) if publish else version
 
-    def add(self, vectors: np.ndarray, items: Iterable[NewItem | dict], base: str, publish: bool = True,
-            on_step: OnStep = None) -> tuple[str, np.ndarray]:
+    def publish_rebased(self, version: str, carry_from: int | None = None, embed: Embed | None = None,
+                        on_step: OnStep = None) -> str:
+        """Publish an unpublished version rebased onto the current one, atomically under the store's lock.
+
+        What was deleted since its registry snapshot stays deleted; the current version's items with ids >=
+        carry_from that it lacks (added meanwhile, e.g. uploads during a training) are embedded with its model
+        by `embed` and carried over with their ids. Returns the version published: `version` itself when
+        nothing changed meanwhile, else a new version sharing its segment.
+        """
+        with self._writer():
+            return self._rebase_and_switch(version, carry_from, embed, on_step, discard=True)
+
+    def add(self, vectors: np.ndarray, items: Iterable[NewItem | dict], base: str | LoadedVersion,
+            publish: bool = True, on_step: OnStep = None) -> tuple[str, np.ndarray]:
         """A new version: `base` plus vectors (MxD, embedded with base's own model) under new ids.
 
-        Published only if `base` is still current (else VersionConflictError). Returns (version, ids M).
+        O(delta): the base segment is hard-linked, only the delta is written. Published only if `base` is still
+        current (else VersionConflictError). Returns (version, ids M).
         """
         items = [it if isinstance(it, NewItem) else NewItem(**it) for it in items]
         with self._writer():
-            base_content, manifest = self._base(base, publish)
-            first = int(manifest["counts"]["next_id"])
-            content, ids = with_added(base_content, vectors, items, first, utc_now())
-            fields = self._derived_fields(manifest, base, {"kind": "add", "base": base, "ids": len(ids)},
-                                          content, first + len(ids))
-            return self._commit(content, fields, publish, on_step), ids
+            state = self._base(base, publish)
+            vectors = unit_rows(vectors, int(state.manifest["counts"]["dim"]))  # M x D
+            if len(items) != len(vectors):
+                raise ValueError(f"{len(vectors)} vectors but {len(items)} items")
+            if len(vectors) == 0:
+                raise ValueError("nothing to add")
+            first = self._next_free(state.manifest)
+            ids = np.arange(first, first + len(items), dtype=np.int64)  # M
+            write_next_id(self.root, first + len(items))
+            added = utc_now()
+            rows = [ItemMeta(int(i), it.path, it.label, it.width, it.height, it.sha256, added)
+                    for i, it in zip(ids, items, strict=True)]
+            new_paths = {it.path for it in rows}
+            tombstones = {p: i for p, i in state.tombstones.items() if p not in new_paths}
+            delta = state.delta.with_added(vectors, rows)
+            fields = self._derived_fields(state, {"kind": "add", "base": state.version, "ids": len(ids)}, delta,
+                                          first + len(ids), _labelled(rows))
+            return self._commit(self._derived(state, delta, tombstones), fields, publish, on_step), ids
 
-    def remove(self, ids: Iterable[int], base: str, publish: bool = True, on_step: OnStep = None) -> str:
-        """A new version: `base` without the items `ids` (all must exist). Returns its id."""
-        ids = np.asarray(list(ids), dtype=np.int64)
+    def remove(self, ids: Iterable[int], base: str | LoadedVersion, publish: bool = True,
+               on_step: OnStep = None) -> str:
+        """A new version: `base` without the items `ids` (all must exist), their paths tombstoned. O(delta)."""
+        ids = np.unique(np.asarray(list(ids), dtype=np.int64))
         with self._writer():
-            base_content, manifest = self._base(base, publish)
-            content = without(base_content, ids)
-            fields = self._derived_fields(manifest, base, {"kind": "remove", "base": base, "ids": len(ids)},
-                                          content, int(manifest["counts"]["next_id"]))
-            return self._commit(content, fields, publish, on_step)
+            state = self._base(base, publish)
+            state.items.check_removable(ids)
+            gone = [state.items.get(int(i)) for i in ids]
+            tombstones = {**state.tombstones, **{it.path: it.id for it in gone}}
+            delta = state.delta.without(ids)
+            fields = self._derived_fields(state, {"kind": "remove", "base": state.version, "ids": len(ids)}, delta,
+                                          self._next_free(state.manifest), -_labelled(gone))
+            return self._commit(self._derived(state, delta, tombstones), fields, publish, on_step)
+
+    def compact(self, base: str, on_step: OnStep = None) -> str | None:
+        """Fold `base`'s delta into a new segment and publish it, if `base` is still current when done (else
+        None: the next compaction starts from the newer version). O(collection): run it in the background."""
+        state = self._state(base)
+        if state.delta.size == 0:
+            return None
+        spec, tuning = spec_and_tuning(state.manifest)
+        segment = read_segment(state.directory)
+        keep = ~np.isin(segment.metadata.ids, state.delta.removed)  # N bool
+        metadata = Metadata([it for it, k in zip(segment.metadata.items, keep, strict=True) if k]
+                            + state.delta.metadata.items)
+        embeddings = np.concatenate([segment.embeddings[keep], state.delta.vectors])  # N' x D
+        if spec.kind == "hnsw":  # HNSW cannot delete in place: rebuild the graph from the stored vectors
+            index = train_and_add(spec, embeddings, metadata.ids, gpu=False)
+        else:  # exact and IVF kinds update in place (IVF keeps its trained centroids)
+            segment.index.remove_ids(state.delta.removed)
+            segment.index.add_with_ids(state.delta.vectors, state.delta.metadata.ids)
+            index = segment.index
+        content = Content(spec, tuning, Segment(index, embeddings, metadata), len(metadata),
+                          Delta.empty(spec.dim), state.tombstones, state.directory, state.directory,
+                          state.manifest["files"])
+        fields = self._derived_fields(state, {"kind": "compact", "base": base, "ids": state.delta.size},
+                                      content.delta, self._next_free(state.manifest), 0)
+        with self._writer():
+            if self.current_version() != base:
+                log.info("compaction of %s dropped: the current version moved on meanwhile", base)
+                return None
+            return self._commit(content, fields, True, on_step)
 
     def publish(self, version: str, on_step: OnStep = None) -> None:
-        """Make an existing version current (after verifying every file), then prune old versions."""
+        """Make an existing version current as it is (after verifying every file), then prune old versions."""
         with self._writer():
             self.verify(version)
             self._switch(version, on_step)
 
-    def rollback(self, on_step: OnStep = None) -> str:
-        """Make the previously current version current again (skipping damaged or pruned ones)."""
+    def rollback(self, to: str | None = None, embed: Embed | None = None, on_step: OnStep = None) -> str:
+        """Make an earlier version current again.
+
+        Without `to`: the previously current version (skipping damaged or pruned ones), as it was. With `to`
+        and `embed`: a new version with `to`'s model and collection, carrying what happened since: images
+        deleted since stay deleted, images added since are embedded with `to`'s model and keep their ids.
+        With `to` alone: `to` exactly as it was (images added since leave the index until a re-index job).
+        """
         with self._writer():
+            if to is not None:
+                self.verify(to)
+                if embed is None:
+                    self._switch(to, on_step)
+                    return to
+                return self._rebase_and_switch(to, 0, embed, on_step)
             pointer = read_pointer(self.root)
             if pointer is None:
                 raise VersionNotFoundError(f"no version has been published in {self.root}")
@@ -270,7 +429,7 @@ class ArtifactStore:
             if path.name.startswith((STAGE_PREFIX, TRASH_PREFIX)):
                 log.warning("removing %s, left by an interrupted writer", path)
                 shutil.rmtree(path, ignore_errors=True)
-            elif path.name.startswith(f".{POINTER}.tmp-"):
+            elif path.name.startswith((f".{POINTER}.tmp-", ".NEXT_ID.tmp-")):
                 path.unlink(missing_ok=True)
 
     def _pointer_or_none(self) -> Pointer | None:
@@ -280,21 +439,96 @@ class ArtifactStore:
             log.warning("%s", e)
             return None
 
-    def _base(self, base: str, publish: bool) -> tuple[Content, dict]:
+    def _state(self, version: str) -> State:
+        """A version's registry and delta, its manifest verified (its files are not re-hashed)."""
+        directory = self.directory(version)
+        manifest = read_manifest(directory)
+        try:
+            items = LiveItems(Metadata.read(directory / SEGMENT_FILES[2]), read_delta(directory, manifest))
+            return State(version, directory, manifest, items, read_tombstones_of(directory))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DamagedVersionError(f"{version}: cannot be read ({e})") from e
+
+    def _base(self, base: str | LoadedVersion, publish: bool) -> State:
+        name = base if isinstance(base, str) else base.version
         current = self.current_version()
-        if publish and current != base:
-            raise VersionConflictError(f"{base} is no longer the current version ({current} is): embed with "
+        if publish and current != name:
+            raise VersionConflictError(f"{name} is no longer the current version ({current} is): embed with "
                                        f"the current version's model and try again")
-        manifest = self.verify(base)
-        return read_content(self.directory(base), manifest), manifest
+        if isinstance(base, str):
+            return self._state(base)
+        return State(base.version, base.directory, base.manifest, base.searcher.metadata, base.tombstones)
+
+    def _next_free(self, manifest: dict | None) -> int:
+        """The first id never handed out: above the store's high-water mark and every version's next_id."""
+        known = [read_next_id(self.root)] + ([] if manifest is None else [int(manifest["counts"]["next_id"])])
+        if known[0] == 0:  # a store written before NEXT_ID existed: ask every version
+            for version in self.versions():
+                try:
+                    known.append(int(self.manifest(version)["counts"]["next_id"]))
+                except IndexStoreError:
+                    continue
+        return max(known)
 
     @staticmethod
-    def _derived_fields(manifest: dict, base: str, origin: dict, content: Content, next_id: int) -> dict:
-        measured_on = manifest["index"].get("recall_measured_on") or base
-        return {"origin": origin, "collection_root": manifest.get("collection_root"),
-                "training": manifest.get("training"), "counts": _counts(content, next_id),
+    def _derived(state: State, delta: Delta, tombstones: dict[str, int]) -> Content:
+        """Content sharing `state`'s segment and model (hard links), with another delta."""
+        spec, tuning = spec_and_tuning(state.manifest)
+        rows = len(state.items.segment)
+        return Content(spec, tuning, None, rows, delta, tombstones, state.directory, state.directory,
+                       state.manifest["files"])
+
+    @staticmethod
+    def _derived_fields(state: State, origin: dict, delta: Delta, next_id: int, labelled_change: int) -> dict:
+        manifest = state.manifest
+        measured_on = manifest["index"].get("recall_measured_on") or state.version
+        size = len(state.items.segment) - len(delta.removed) + len(delta.metadata)
+        counts = _counts(size, manifest["counts"]["dim"], next_id,
+                         manifest["counts"]["labelled"] + labelled_change, delta)
+        spec, _ = spec_and_tuning(manifest)
+        kept = {k: manifest[k] for k in ("collection_root", "training", "registry_base", "quality") if k in manifest}
+        return {**kept, "origin": origin, "counts": counts,
                 "index": {**manifest["index"], "recall_measured_on": measured_on,
-                          "estimated_bytes": estimate_bytes(content.spec, len(content.metadata))}}
+                          "estimated_bytes": estimate_bytes(spec, size)}}
+
+    def _rebase_and_switch(self, version: str, carry_from: int | None, embed: Embed | None, on_step: OnStep,
+                           discard: bool = False) -> str:
+        """(writer lock held) Publish `version` rebased onto the current version; see publish_rebased.
+        discard: delete `version` when a rebased copy replaces it (a build that was never served)."""
+        current = self.current_version()
+        if current is None or current == version:
+            self._switch(version, on_step)
+            return version
+        target, now = self._state(version), self._state(current)
+        plan = plan_rebase(target.items, target.tombstones, now.items, now.tombstones, carry_from)
+        dim = int(target.manifest["counts"]["dim"])
+        vectors, carried = np.zeros((0, dim), np.float32), []
+        if plan.carried and embed is not None:
+            vectors, carried = embed(target.directory, plan.carried)
+        if len(carried) < len(plan.carried):
+            log.warning("%d of %d images added meanwhile could not be embedded: left out of %s",
+                        len(plan.carried) - len(carried), len(plan.carried), version)
+        if not len(plan.removed) and not carried and plan.tombstones == target.tombstones:
+            self._switch(version, on_step)
+            return version
+        delta = target.delta.without(plan.removed)
+        if carried:
+            delta = delta.with_added(unit_rows(vectors, dim), carried)
+        gone = [target.items.get(int(i)) for i in plan.removed]
+        next_id = max(self._next_free(target.manifest), int(now.manifest["counts"]["next_id"]))
+        origin = {**target.manifest["origin"], "rebased": {"from": version, "onto": current,
+                                                           "carried": len(carried), "removed": len(gone)}}
+        fields = self._derived_fields(target, origin, delta, next_id, _labelled(carried) - _labelled(gone))
+        fields["registry_base"] = current
+        rebased = self._commit(self._derived(target, delta, plan.tombstones), fields, True, on_step)
+        if discard:
+            self._discard(version)
+        return rebased
+
+    def _discard(self, version: str) -> None:
+        os.rename(self.versions_dir / version, self.root / f"{TRASH_PREFIX}{version}")
+        fsync_dir(self.versions_dir)
+        shutil.rmtree(self.root / f"{TRASH_PREFIX}{version}")
 
     def _next_version(self) -> str:
         return f"v{max((_seq(v) for v in self.versions()), default=0) + 1:06d}"
@@ -303,14 +537,15 @@ class ArtifactStore:
         """Write `content` as the next version (writer lock held), and publish it if asked."""
         stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=self.root))
         try:
-            names = write_content(stage, content)
+            written, linked = write_content(stage, content)
             version = self._next_version()
             parent = self._pointer_or_none()
+            files = {**digest_files(stage, written), **{name: content.source_files[name] for name in linked}}
             manifest = seal({"format": FORMAT, "version": version, "created": utc_now(),
                              "parent": None if parent is None else parent.version, **fields,
-                             "libraries": library_versions(), "files": digest_files(stage, names)})
+                             "libraries": library_versions(), "files": dict(sorted(files.items()))})
             (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))
-            fsync_tree(stage)
+            fsync_tree(stage, skip=linked)
             _step(on_step, "staged")
             os.rename(stage, self.versions_dir / version)
         except BaseException:
@@ -318,7 +553,8 @@ class ArtifactStore:
             raise
         fsync_dir(self.versions_dir)
         _step(on_step, "renamed")
-        log.info("wrote version %s (%d vectors, %s)", version, len(content.metadata), content.spec.factory)
+        log.info("wrote version %s (%d vectors, delta %d, %s)", version, content.size, content.delta.size,
+                 content.spec.factory)
         if publish:
             self._switch(version, on_step)
         return version
@@ -338,8 +574,12 @@ class ArtifactStore:
         _step(on_step, "pruned")
 
     def _prune(self, current: str) -> None:
-        """Delete all but the newest `keep` versions (never the current one): rename away, then remove."""
-        doomed = [v for v in self.versions()[: -self.keep] if v != current]
+        """Keep the newest `keep` model versions and, apart from them, the newest `keep` update versions (never
+        the current one); delete the rest: rename away, then remove."""
+        by_kind: dict[str, list[str]] = {"model": [], "update": []}
+        for info in self.list():
+            by_kind["model" if info.kind == "model" else "update"].append(info.version)
+        doomed = [v for versions in by_kind.values() for v in versions[: -self.keep] if v != current]
         for version in doomed:
             os.rename(self.versions_dir / version, self.root / f"{TRASH_PREFIX}{version}")
         if doomed:
@@ -347,3 +587,7 @@ class ArtifactStore:
             log.info("pruned %s", ", ".join(doomed))
         for version in doomed:
             shutil.rmtree(self.root / f"{TRASH_PREFIX}{version}")
+
+
+def _same_files(a: dict, b: dict, names: Iterable[str]) -> bool:
+    return all(name in a["files"] and a["files"][name] == b["files"].get(name) for name in names)

@@ -10,7 +10,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 CHUNK = 1 << 20  # bytes read at a time when hashing
@@ -33,11 +33,13 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-def fsync_tree(directory: str | Path) -> None:
-    """fsync every file in `directory` (one level), then the directory itself."""
+def fsync_tree(directory: str | Path, skip: Iterable[str] = ()) -> None:
+    """fsync every file in `directory` (one level) but those named in `skip` (hard links to files already
+    durable), then the directory itself."""
     directory = Path(directory)
+    skip = set(skip)
     for f in directory.iterdir():
-        if f.is_file():
+        if f.is_file() and f.name not in skip:
             fsync_file(f)
     fsync_dir(directory)
 

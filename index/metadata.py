@@ -8,6 +8,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,20 @@ class Metadata:
 
     def get(self, item_id: int) -> ItemMeta:
         return self.items[self._row[item_id]]
+
+    @cached_property
+    def by_path(self) -> dict[str, int]:
+        """path -> id, built on first use (once per table: tables are shared by the versions that link them)."""
+        return {it.path: it.id for it in self.items}
+
+    @cached_property
+    def by_sha(self) -> dict[str, int]:
+        """content hash -> id (the first item with those bytes), built on first use."""
+        found: dict[str, int] = {}
+        for it in self.items:
+            if it.sha256 is not None:
+                found.setdefault(it.sha256, it.id)
+        return found
 
     def label_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -8,6 +8,7 @@ Search-time parameters (efSearch, nprobe) are passed per call, never set on the 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import threading
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from .delta import Delta, LiveItems
 from .errors import DimensionMismatchError
 from .metadata import ItemMeta, Metadata
 from .plan import IndexSpec
@@ -78,25 +80,40 @@ def gpu_clone(index: faiss.Index) -> tuple[faiss.Index, object] | None:
         return None
 
 
+def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """scores, ids: BxC candidates (-inf / -1 for none) -> the best k per row, BxK, padded with -inf / -1."""
+    if scores.shape[1] < k:
+        pad = k - scores.shape[1]
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # B x K
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
 class Searcher:
     """One version's index, metadata and vectors; read-only.
 
-    index: the FAISS index holding every id of `metadata`; vectors: N x D (a memory map) in metadata row
-    order, used for search-by-id. `value` is the tuned efSearch / nprobe (None for exact search). Exact search
+    index: the FAISS index of the version's base segment, holding every id of `segment`; vectors: N x D (a
+    memory map) in segment row order, used for search-by-id. `delta` (index/delta.py) holds what was added
+    and removed since the segment was built: removed ids are filtered out of the segment's answers (it is
+    asked for k + R), added vectors are scanned exactly, and the two are merged. `metadata` is the live view
+    (LiveItems). `with_delta` derives the searcher of a later version sharing the segment (O(delta)).
+    `value` is the tuned efSearch / nprobe (None for exact search). Exact search
     on the CPU answers up to PREFILTER_MAX_BATCH queries at a time through an int8 prefilter (index/prefilter.py:
     the same results, a quarter of the memory traffic, ~140 more bytes of RAM per vector); int8_prefilter=False
     scans the fp32 vectors only.
     """
 
     def __init__(self, index: faiss.Index, spec: IndexSpec, value: int | None, metadata: Metadata,
-                 vectors: np.ndarray, gpu: bool = False, int8_prefilter: bool = True):
+                 vectors: np.ndarray, gpu: bool = False, int8_prefilter: bool = True, delta: Delta | None = None):
         if index.ntotal != len(metadata) or vectors.shape != (len(metadata), spec.dim):
             raise ValueError(f"index ({index.ntotal}), metadata ({len(metadata)}) and vectors "
                              f"{vectors.shape} disagree")
         self.spec = spec
         self.value = value
-        self.metadata = metadata
+        self.segment = metadata
         self.vectors = vectors
+        self._set_delta(delta if delta is not None else Delta.empty(spec.dim))
         self.index = index
         self.on_gpu = False
         self._gpu_res = None
@@ -109,25 +126,52 @@ class Searcher:
         elif int8_prefilter and spec.param is None:
             self.prefilter = Int8Prefilter.of_index(index)
 
+    def _set_delta(self, delta: Delta) -> None:
+        if delta.vectors.shape != (len(delta.metadata), self.spec.dim):
+            raise ValueError(f"delta vectors {delta.vectors.shape} and items ({len(delta.metadata)}) disagree")
+        self.delta = delta
+        self.metadata = LiveItems(self.segment, delta)
+
+    def with_delta(self, delta: Delta) -> Searcher:
+        """The searcher of a version sharing this one's segment, with another delta: O(delta)."""
+        derived = copy.copy(self)
+        derived._set_delta(delta)
+        return derived
+
     @property
     def dim(self) -> int:
         return self.spec.dim
 
     @property
     def ntotal(self) -> int:
-        return int(self.index.ntotal)
+        return len(self.metadata)
 
     def search_arrays(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """queries: BxD -> (scores BxK float32 descending, ids BxK int64), padded with -inf / -1."""
         if not 1 <= k <= MAX_K:
             raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
         q = unit_rows(queries, self.dim)  # B x D, unit rows
+        removed = self.delta.removed
+        scores, ids = self._search_segment(q, min(k + len(removed), int(self.index.ntotal)))  # B x K'
+        if len(removed):
+            gone = np.isin(ids, removed)  # B x K'
+            scores[gone], ids[gone] = -np.inf, -1
+        if len(self.delta.metadata):
+            added = q @ self.delta.vectors.T  # B x D, M x D -> B x M
+            scores = np.concatenate([scores, added], axis=1)
+            ids = np.concatenate([ids, np.broadcast_to(self.delta.metadata.ids, added.shape)], axis=1)
+        if scores.shape[1] != k or len(removed):
+            scores, ids = top_k(scores, ids, k)
+        return scores, ids
+
+    def _search_segment(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """q: BxD unit rows -> the segment's top-k (scores BxK, ids BxK), padded with -inf / -1."""
         if self.prefilter is not None and len(q) <= PREFILTER_MAX_BATCH and self.prefilter.serves(k):
             scores, ids, done = self.prefilter.search(q, k)  # B x K, B x K, B
             if not done.all():
                 scores[~done], ids[~done] = self.index.search(q[~done], k)
         else:
-            params = search_params(self.spec, self.value, k, self.ntotal)
+            params = search_params(self.spec, self.value, k, int(self.index.ntotal))
             with self._lock:
                 scores, ids = self.index.search(q, k, params=params)  # B x K each
         scores[ids < 0] = -np.inf
@@ -147,4 +191,8 @@ class Searcher:
 
     def vector(self, item_id: int) -> np.ndarray:
         """The stored embedding of `item_id` (D,); KeyError when the id is not in this version."""
-        return np.array(self.vectors[self.metadata.row(item_id)], dtype=np.float32)
+        if item_id in self.delta.metadata:
+            return np.array(self.delta.vectors[self.delta.metadata.row(item_id)], dtype=np.float32)
+        if item_id not in self.metadata:
+            raise KeyError(item_id)
+        return np.array(self.vectors[self.segment.row(item_id)], dtype=np.float32)

@@ -25,13 +25,13 @@ from .decoding import DecodePool
 from .engine import Engine
 from .metrics import Metrics, MetricsMiddleware
 from .ratelimit import RateLimiter
-from .routers import images, jobs, page, search, status
+from .routers import images, jobs, page, search, status, versions
 from .routers.page import STATIC
 from .settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
-ROUTERS = (search.router, images.router, jobs.router, status.router, page.router)
+ROUTERS = (search.router, images.router, versions.router, jobs.router, status.router, page.router)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -69,9 +69,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _declare_access(app, settings.protect_reads)
 
     # added last = outermost: metrics see every answer, including the body limit's 413s
-    app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes,
+                       batch_paths={"/images": images.MAX_BATCH_FILES})
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Content-Type", "X-API-Key"])
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

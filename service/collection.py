@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
+from index import ItemMeta
 from trainer.data import load_rgb
+from trainer.embed import Embedder
 
 from .uploads import CONTENT_TYPES, sniff_format
 
+log = logging.getLogger(__name__)
+
 THUMBNAIL_CACHE = 4096  # thumbnails kept in memory (a few kB each)
+DIGEST_CACHE = 65536  # file hashes (ETags) kept in memory
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
 
 
@@ -31,6 +40,67 @@ def resolve(root: Path, relative: str) -> Path:
     if not path.is_relative_to(root) or not path.is_file():
         raise ImageFileMissing(relative)
     return path
+
+
+def display_path(relative: str) -> str:
+    """A collection path as JSON can carry it. File names that are not UTF-8 reach Python as surrogate escapes
+    (os.fsdecode), which no UTF-8 encoder accepts: here their undecodable bytes read U+FFFD. Serving goes by id
+    and opens the stored path, never this text."""
+    return relative.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def etag(path: Path) -> str:
+    """A strong ETag from the SHA-256 of the file's bytes (cached while its size and mtime stay)."""
+    st = path.stat()
+    return f'"{_sha256(str(path), st.st_mtime_ns, st.st_size)}"'
+
+
+@lru_cache(maxsize=DIGEST_CACHE)
+def _sha256(path: str, mtime_ns: int, size: int) -> str:  # mtime and size key the cache
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def is_upload(relative: str, upload_subdir: str) -> bool:
+    """Whether the collection path lies in the folder the API writes unlabelled uploads to."""
+    return relative.startswith(f"{upload_subdir}/")
+
+
+def delete_upload(root: Path, relative: str) -> bool:
+    """Remove an uploaded file (kept inside the root); False when it was already gone."""
+    try:
+        path = resolve(root, relative)
+    except ImageFileMissing:
+        return False
+    path.unlink(missing_ok=True)
+    return True
+
+
+def read_images(root: Path, items: list[ItemMeta]) -> tuple[list[Image.Image], list[ItemMeta]]:
+    """Decode the files of `items` (like the collection); unreadable or vanished ones are logged and left out."""
+    images, readable = [], []
+    for item in items:
+        try:
+            images.append(load_rgb(resolve(root, item.path)))
+            readable.append(item)
+        except (ImageFileMissing, OSError, ValueError, Image.DecompressionBombError) as e:
+            log.warning("image %d (%s) cannot be read: %s", item.id, display_path(item.path), e)
+    return images, readable
+
+
+def file_embedder(root: Path, device: str):
+    """index's Embed callback: (model dir, items) -> (vectors, items embedded), reading the items' files under
+    `root` and embedding them with the model of that version directory. Used to carry images onto a model."""
+
+    def embed(model_dir: Path, items: list[ItemMeta]) -> tuple[np.ndarray, list[ItemMeta]]:
+        embedder = Embedder.from_dir(model_dir, device)
+        images, readable = read_images(root, items)
+        return embedder.embed(images), readable  # M x D
+
+    return embed
 
 
 def content_type(path: Path) -> str:

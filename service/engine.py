@@ -11,6 +11,11 @@ loads and validates it beside the old one, then swaps the reference in one assig
 get the new one; the old version is freed when its last request ends. A version that fails to load or
 validate is refused and logged, the old one keeps serving, and it is not retried until the pointer
 moves again. The jobs code calls `check_for_new_version()` (or `reload(version)`) right after publishing.
+
+A version made by an add or a delete shares its base segment with the live one (index/delta.py): it is
+loaded in O(delta), reusing the live segment and model, so an add is searchable within milliseconds. When
+the delta has grown past `compact_threshold(size)`, a background thread folds it into a new segment
+(`ArtifactStore.compact`); the poller swaps to the compacted version when it is published.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import cached_property
 from pathlib import Path
 from typing import TypeVar
 
@@ -32,6 +36,7 @@ from PIL import Image
 from index import ArtifactStore, IndexStoreError, ItemMeta, LoadedVersion, NewItem, VersionConflictError
 from trainer.embed import Embedder
 
+from .collection import display_path
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 ADD_ATTEMPTS = 3  # an add that races another writer re-embeds with the new current version and retries
 PROBE_GREY = 128  # pixel value of the probe image every new version must embed and search
+COMPACT_MIN_DELTA = 2048  # rows added + ids removed before a compaction is worth its O(collection) rewrite
+COMPACT_FRACTION = 0.05  # ... or this fraction of the collection, whichever is larger
+
+
+def compact_threshold(size: int) -> int:
+    """Delta size from which the background compaction runs: searching the delta exactly and filtering
+    removed ids stays a small part of a query below it."""
+    return max(COMPACT_MIN_DELTA, int(COMPACT_FRACTION * size))
 
 
 class VersionRefused(RuntimeError):
@@ -54,13 +67,20 @@ class Neighbour:
 
 
 def _neighbour(hit) -> Neighbour:
-    return Neighbour(hit.id, hit.score, hit.item.path, hit.item.label)
+    return Neighbour(hit.id, hit.score, display_path(hit.item.path), hit.item.label)
+
+
+@dataclass(frozen=True, slots=True)
+class Added:
+    item: ItemMeta
+    created: bool  # False: the same bytes were already in the collection (item is that image)
 
 
 class LiveVersion:
     """A loaded version: searcher + embedder + when it went live. Read-only, shared by all requests."""
 
     def __init__(self, loaded: LoadedVersion, embedder: Embedder):
+        self.loaded = loaded
         self.version = loaded.version
         self.directory = loaded.directory
         self.manifest = loaded.manifest
@@ -82,17 +102,17 @@ class LiveVersion:
         files = self.manifest["files"]
         return files["model.pt"]["sha256"], files["preprocess.json"]["sha256"]
 
-    @cached_property
-    def _by_path(self) -> dict[str, int]:
-        return {it.path: it.id for it in self.searcher.metadata.items}
+    @property
+    def delta_size(self) -> int:
+        return self.searcher.delta.size
 
     def item(self, image_id: int) -> ItemMeta | None:
         metadata = self.searcher.metadata
         return metadata.get(image_id) if image_id in metadata else None
 
-    def find_path(self, path: str) -> ItemMeta | None:
-        image_id = self._by_path.get(path)
-        return None if image_id is None else self.item(image_id)
+    def find_sha(self, sha256: str) -> ItemMeta | None:
+        """The image with these bytes, if the collection holds it."""
+        return self.searcher.metadata.find_sha(sha256)
 
     def embed(self, image: Image.Image) -> np.ndarray:
         return self.embedder.embed([image])  # 1 x D
@@ -144,7 +164,8 @@ class Engine:
         self._live: LiveVersion | None = None
         self._refused: str | None = None  # last version refused: not retried until CURRENT moves
         self._reload_lock = threading.Lock()  # one load and swap at a time
-        self._add_lock = threading.Lock()  # one add at a time from this process
+        self._add_lock = threading.Lock()  # one add or delete at a time from this process
+        self._compacting: threading.Thread | None = None
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self.metrics.watch(self._state)
@@ -174,6 +195,8 @@ class Engine:
         if self._poller is not None:
             self._poller.join(timeout=10)
             self._poller = None
+        if self._compacting is not None:
+            self._compacting.join(timeout=60)
 
     def _poll(self) -> None:
         while not self._stop.wait(self.poll_interval_s):
@@ -233,14 +256,16 @@ class Engine:
             return new
 
     def _load(self, version: str, old: LiveVersion | None) -> LiveVersion:
-        loaded = self.store.load(version, verify=True, gpu=self.device.startswith("cuda"))
+        loaded = self.store.load(version, verify=True, gpu=self.device.startswith("cuda"),
+                                 reuse=None if old is None else old.loaded)
         files = loaded.manifest["files"]
         digest = (files["model.pt"]["sha256"], files["preprocess.json"]["sha256"])
         if old is not None and old.model_digest == digest:  # same model (e.g. after an add): reuse it
-            embedder = old.embedder
+            new = LiveVersion(loaded, old.embedder)
+            if loaded.searcher.segment is old.searcher.segment:  # an add or delete: only the delta is new, and
+                return new  # its vectors were checked (finite unit rows of the right size) when written
         else:
-            embedder = Embedder.from_dir(loaded.directory, self.device)
-        new = LiveVersion(loaded, embedder)
+            new = LiveVersion(loaded, Embedder.from_dir(loaded.directory, self.device))
         new.validate()
         return new
 
@@ -250,30 +275,97 @@ class Engine:
         """Run blocking model work in a worker thread, at most `inference_concurrency` at once."""
         return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
-    def add(self, image: Image.Image, item: NewItem) -> tuple[ItemMeta, LiveVersion, bool]:
-        """Add an image to the index as a new published version, embedded with the current version's model.
+    def add(self, uploads: list[tuple[Image.Image, NewItem]]) -> tuple[list[Added], LiveVersion]:
+        """Add images to the index as one new published version, embedded with the current version's model.
 
-        Returns (its metadata, the version now serving, created). An image already indexed under the same
-        path is returned as is (created False). Blocking: call from a thread.
+        An image whose bytes (NewItem.sha256) the collection already holds is not added again: its entry is that
+        image (created False); so is a repeat within the batch. Blocking: call from a thread.
         """
+        def change(live: LiveVersion) -> tuple[str | None, list[Added | int]]:
+            answers: list[Added | str] = []  # an image already indexed, or the sha256 of one to add
+            todo: dict[str, tuple[Image.Image, NewItem]] = {}  # sha256 -> the first upload with those bytes
+            for image, item in uploads:
+                existing = live.find_sha(item.sha256)
+                answers.append(Added(existing, False) if existing is not None else item.sha256)
+                if existing is None:
+                    todo.setdefault(item.sha256, (image, item))
+            if not todo:
+                return None, answers
+            vectors = live.embedder.embed([image for image, _ in todo.values()])  # M x D
+            version, ids = self.store.add(vectors, [item for _, item in todo.values()], base=live.loaded)
+            new_id = dict(zip(todo, (int(i) for i in ids), strict=True))
+            return version, [a if isinstance(a, Added) else new_id[a] for a in answers]
+
+        version, answers = self._write(change)
+        new = self._live if version is None else self.reload(version)
+        firsts: set[int] = set()
+        out = []
+        for a in answers:
+            if isinstance(a, Added):
+                out.append(a)
+            else:  # a repeat of the same bytes within the batch answers like an image already indexed
+                out.append(Added(new.item(a), a not in firsts))
+                firsts.add(a)
+        self._compact_if_large(new)
+        return out, new
+
+    def remove(self, image_id: int) -> tuple[ItemMeta, LiveVersion]:
+        """Remove an image from the index as a new published version (its path tombstoned). KeyError when it is
+        not in the collection; index.EmptyCollectionError when it is the last image. Blocking: call from a thread.
+        """
+        def change(live: LiveVersion) -> tuple[str, ItemMeta]:
+            item = live.item(image_id)
+            if item is None:
+                raise KeyError(image_id)
+            return self.store.remove([image_id], base=live.loaded), item
+
+        version, item = self._write(change)
+        new = self.reload(version)
+        self._compact_if_large(new)
+        return item, new
+
+    def rollback(self, version: str, embed: Callable[[Path, list[ItemMeta]], tuple[np.ndarray, list[ItemMeta]]]
+                 ) -> LiveVersion:
+        """Publish `version`'s model and collection again, carrying the adds and deletes made since (the adds
+        embedded by `embed` with that version's model), and serve it."""
+        with self._add_lock:
+            published = self.store.rollback(to=version, embed=embed)
+        return self.reload(published)
+
+    def _write(self, change: Callable[[LiveVersion], tuple[str | None, T]]) -> tuple[str | None, T]:
+        """Run `change(live)` (which writes a version derived from `live`) on the current version, retrying
+        with the new one when another writer published first."""
         with self._add_lock:
             for _ in range(ADD_ATTEMPTS):
                 self.check_for_new_version()
                 live = self._live
                 if live is None:
                     raise VersionRefused(self.not_ready_reason)
-                existing = live.find_path(item.path)
-                if existing is not None:
-                    return existing, live, False
-                vector = live.embed(image)
                 try:
-                    version, ids = self.store.add(vector, [item], base=live.version)
-                except VersionConflictError:  # another writer published first: embed with its model
+                    return change(live)
+                except VersionConflictError:  # another writer published first: redo it on its version
                     if self.store.current_version() == self._refused:
-                        raise VersionRefused(f"the current index version {self._refused} was refused: "
-                                             "images cannot be added until a loadable version is published") from None
-                    log.info("version moved during an add; retrying on the new current version")
-                    continue
-                new = self.reload(version)
-                return new.item(int(ids[0])), new, True
-            raise VersionRefused("the index kept changing during the add; try again")
+                        raise VersionRefused(f"the current index version {self._refused} was refused: the "
+                                             "collection cannot change until a loadable version is published") from None
+                    log.info("version moved during an update; retrying on the new current version")
+            raise VersionRefused("the index kept changing during the update; try again")
+
+    def _compact_if_large(self, live: LiveVersion) -> None:
+        """Start folding the delta into a new segment in the background once it has grown large."""
+        if live.delta_size < compact_threshold(live.size):
+            return
+        if self._compacting is not None and self._compacting.is_alive():
+            return
+        self._compacting = threading.Thread(target=self._compact, args=(live.version,), name="npid-compaction",
+                                            daemon=True)
+        self._compacting.start()
+
+    def _compact(self, version: str) -> None:
+        try:
+            compacted = self.store.compact(version)
+        except Exception:  # a failed compaction costs nothing but speed: log it, the next add retries
+            log.exception("compaction of %s failed", version)
+            return
+        if compacted is not None:
+            log.info("compacted %s into %s", version, compacted)
+            self.check_for_new_version()

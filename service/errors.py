@@ -4,7 +4,9 @@
     RequestValidationError      -> 422, a readable detail and one entry per invalid parameter
     JobsUnavailable, NotReady   -> 503 with Retry-After (Redis or the live version is not there yet)
     VersionRefused              -> 503 with Retry-After (a version that cannot serve; the old one stays)
+    IndexStoreError             -> 503 with Retry-After (the artifact store cannot make the version asked for)
     JobConflict                 -> 409 with the id of the job holding the lock
+    EmptyCollectionError        -> 409 (a delete would leave no image)
     JobNotFound                 -> 404
     HTTPException               -> its status and detail (the routes' own precise 4xx)
     anything else               -> 500 "internal server error", logged with its trace
@@ -19,6 +21,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+
+from index import EmptyCollectionError, IndexStoreError
 
 from .engine import VersionRefused
 from .jobs import JobConflict, JobsUnavailable
@@ -67,6 +71,10 @@ async def conflict(request: Request, exc: JobConflict) -> JSONResponse:
     return _json(409, str(exc), job_id=exc.job_id)
 
 
+async def would_empty(request: Request, exc: EmptyCollectionError) -> JSONResponse:
+    return _json(409, str(exc))
+
+
 async def not_found(request: Request, exc: JobNotFound) -> JSONResponse:
     return _json(404, str(exc))
 
@@ -82,9 +90,10 @@ async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
-    for unavailable_error in (JobsUnavailable, NotReady, VersionRefused):
+    for unavailable_error in (JobsUnavailable, NotReady, VersionRefused, IndexStoreError):
         app.add_exception_handler(unavailable_error, unavailable)
     app.add_exception_handler(JobConflict, conflict)
+    app.add_exception_handler(EmptyCollectionError, would_empty)
     app.add_exception_handler(JobNotFound, not_found)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(Exception, unexpected_error)

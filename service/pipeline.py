@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from index import ArtifactStore, IndexConfig
+from index import ArtifactStore, Embed, IndexConfig
 from trainer.augment import Preprocess
 from trainer.config import TrainConfig
 from trainer.data import ImageFolder, scan_folder
@@ -23,8 +23,10 @@ from trainer.distributed import local_device
 from trainer.embed import embed_dataset, load_model_and_config, write_export
 from trainer.train import TrainingCancelled, train
 
+from .collection import file_embedder
 from .jobs import Job, JobStore
 from .reporter import JobReporter, run_job
+from .runs import carry_from
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,15 +57,17 @@ def training_config(settings: Settings, overrides: dict[str, Any], n_images: int
     return TrainConfig.from_dict(merged)
 
 
-def publish_unless_cancelled(store: ArtifactStore, export_dir: Path, reporter: JobReporter) -> str:
+def publish_unless_cancelled(store: ArtifactStore, export_dir: Path, reporter: JobReporter, carry_from: int,
+                             embed: Embed) -> str:
+    """Index the export, then publish it rebased onto what was published since the job began (carry_from: the
+    store's next id then): images added meanwhile are embedded with the new model and kept, deletions stay."""
     reporter.phase("indexing")
     version = store.build(export_dir, IndexConfig(), publish=False)
     if reporter.cancel_requested():
         raise TrainingCancelled("cancelled before publishing")
     reporter.phase("publishing", version=version)
     reporter.fence()  # only the lock's holder publishes (LeaseLost otherwise)
-    store.publish(version)
-    return version
+    return store.publish_rebased(version, carry_from, embed)
 
 
 def run_train_job(settings: Settings, jobs: JobStore, job: Job) -> None:
@@ -85,6 +89,7 @@ def _configure_threads(settings: Settings) -> None:
 def _train(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, dict]:
     _configure_threads(settings)
     reporter.phase("loading")
+    store = ArtifactStore(settings.artifacts_dir)
     device = local_device(settings.train_device)  # CUDA is first touched here, inside the task
     run = settings.artifacts_dir / "runs" / job.id
     if job.resume:  # POST /jobs/<id>/resume: the run's own recipe, so that its checkpoint matches
@@ -92,9 +97,11 @@ def _train(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, di
     else:
         cfg = training_config(settings, job.params, len(scan_folder(settings.collection_root)), device.type == "cuda")
     cfg = cfg.replace(data=str(settings.collection_root), out=str(run), device=str(device), progress=False)
+    first_new_id = carry_from(run) if job.resume else carry_from(run, store.next_id())
     log.info("job %s: training %s%s", job.id, cfg.to_dict(), " (resumed)" if job.resume else "")
     metrics = train(cfg, on_progress=reporter.progress, should_stop=reporter.should_stop, resume=job.resume)
-    version = publish_unless_cancelled(ArtifactStore(settings.artifacts_dir), run / "export", reporter)
+    version = publish_unless_cancelled(store, run / "export", reporter, first_new_id,
+                                       file_embedder(settings.collection_root, str(device)))
     (run / "checkpoint.pt").unlink(missing_ok=True)  # the version holds the model; keep the logs and pictures
     return version, {**metrics, "train_config": cfg.to_dict()}
 
@@ -103,6 +110,7 @@ def _reindex(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, 
     _configure_threads(settings)
     reporter.phase("loading")
     store = ArtifactStore(settings.artifacts_dir)
+    carry_from = store.next_id()
     live = store.load()
     device = local_device(settings.train_device)
     encoder, model_cfg = load_model_and_config(live.directory / "model.pt", device)
@@ -118,7 +126,8 @@ def _reindex(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, 
     write_export(export, feats, ds, encoder, model_cfg, pre,
                  {"train_config": (live.manifest.get("training") or {}).get("config"), "metrics": metrics})
     try:
-        version = publish_unless_cancelled(store, export, reporter)
+        version = publish_unless_cancelled(store, export, reporter, carry_from,
+                                           file_embedder(settings.collection_root, str(device)))
     finally:
         shutil.rmtree(export.parent, ignore_errors=True)
     return version, metrics

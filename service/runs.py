@@ -35,3 +35,17 @@ def clean_runs(artifacts_dir: Path, keep: Iterable[str]) -> list[str]:
     if removed:
         log.info("removed the run folders of %d finished job(s)", len(removed))
     return removed
+
+
+def carry_from(run: Path, next_free_id: int | None = None) -> int:
+    """The store's next free id when the run began: the images added from there on are carried onto its version.
+
+    A new run records `next_free_id` in its folder; a resumed run (next_free_id None) reads it back, so the
+    uploads made while its first worker trained are still carried after the resume.
+    """
+    path = run / "carry_from.txt"
+    if next_free_id is None:
+        return int(path.read_text())
+    run.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{next_free_id}\n")
+    return next_free_id

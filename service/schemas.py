@@ -49,6 +49,48 @@ class ImageAdded(BaseModel):
     thumbnail_url: str
 
 
+class AddedImage(BaseModel):
+    id: int
+    path: str
+    label: str | None
+    created: bool = Field(description="false: the same bytes were already in the collection, under this id")
+    image_url: str
+    thumbnail_url: str
+
+
+class ImagesAdded(BaseModel):
+    version: str = Field(description="index version holding the batch (one new version per batch)")
+    collection_size: int
+    images: list[AddedImage] = Field(description="one per uploaded file, in request order")
+
+
+class ImageDeleted(BaseModel):
+    id: int
+    path: str
+    version: str = Field(description="index version without the image")
+    collection_size: int
+    file_deleted: bool = Field(description="true for an upload (its file is removed); false: the file stays and "
+                               "its path is tombstoned, so re-index and retrain leave it out")
+
+
+class VersionEntry(BaseModel):
+    version: str
+    current: bool
+    kind: Literal["model", "update", "damaged"] = Field(
+        description="model: a training or re-index (keep-N counts these); update: an add, delete or compaction")
+    origin: str | None = Field(description="build, add, remove or compact")
+    model: str | None = Field(description="SHA-256 prefix of the version's model.pt")
+    size: int | None = Field(description="images in the collection")
+    created: str | None
+    quality: dict | None = Field(None, description="quality figures recorded in the manifest, when any")
+    metrics: dict | None = Field(None, description="training metrics recorded in the manifest, when any")
+    problem: str | None = None
+
+
+class Versions(BaseModel):
+    versions: list[VersionEntry] = Field(description="oldest first")
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
 

@@ -36,7 +36,7 @@ def test_build_publishes_a_complete_version(tmp_path, export):
     assert sorted(p.name for p in directory.iterdir()) == sorted([*DATA_FILES, "manifest.json"])
     m = store.verify(version)
     assert m["version"] == version and m["parent"] is None
-    assert m["counts"] == {"vectors": 300, "dim": D, "next_id": 300, "labelled": 300}
+    assert m["counts"] == {"vectors": 300, "dim": D, "next_id": 300, "labelled": 300, "delta": 0}
     assert m["index"]["spec"]["kind"] == "flat" and m["index"]["tuning"]["recall"] == 1.0
     assert m["training"]["metrics"] == {"knn_top1": 0.5, "loss": 7.25}
     assert m["training"]["config"]["epochs"] == 3
@@ -137,17 +137,18 @@ def test_add_and_remove_persist_as_new_versions(tmp_path, export, vectors):
     assert reopened.rollback() == version2  # an update is rolled back like any version
 
 
-def test_remove_from_hnsw_rebuilds_graph(tmp_path, make_export, vectors):
+def test_remove_from_hnsw_filters_then_compaction_rebuilds_the_graph(tmp_path, make_export, vectors):
     x = vectors.random(1500, D, seed=8)
     store = ArtifactStore(tmp_path / "store")
     base = store.build(make_export(x), IndexConfig(kind="hnsw", tune_queries=100))
     version = store.remove(np.arange(0, 1500, 3), base=base)
-    lv = store.load(version)
-    assert lv.searcher.ntotal == 1000 and lv.manifest["index"]["spec"]["kind"] == "hnsw"
-    found = lv.searcher.search_arrays(x[:30], 10)[1]
-    assert not np.isin(found, np.arange(0, 1500, 3)).any()
-    assert (found[1::3, 0] == np.arange(1, 30, 3)).all()  # kept items still find themselves
-    assert lv.manifest["index"]["recall_measured_on"] == base
+    for lv in (store.load(version), store.load(store.compact(version))):  # removed ids filtered, then folded
+        assert lv.searcher.ntotal == 1000 and lv.manifest["index"]["spec"]["kind"] == "hnsw"
+        found = lv.searcher.search_arrays(x[:30], 10)[1]
+        assert not np.isin(found, np.arange(0, 1500, 3)).any()
+        assert (found[1::3, 0] == np.arange(1, 30, 3)).all()  # kept items still find themselves
+        assert lv.manifest["index"]["recall_measured_on"] == base
+    assert lv.searcher.index.ntotal == 1000  # the compacted graph holds only the kept vectors
 
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf_flat"])

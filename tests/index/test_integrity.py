@@ -2,7 +2,7 @@
 
 import pytest
 
-from index import ArtifactStore, DamagedVersionError, IndexStoreError
+from index import ArtifactStore, DamagedVersionError, IndexStoreError, NewItem
 from index.content import DATA_FILES, INDEX_FILE
 
 D = 16
@@ -16,6 +16,15 @@ def store(tmp_path, make_export, vectors):
     return store
 
 
+@pytest.fixture
+def updated_store(store, vectors):
+    """The store plus a version made by an add and a remove: every file of it has content (delta, tombstones)."""
+    version, _ = store.add(vectors.random(2, D, seed=3), [NewItem("up/1.png"), NewItem("up/2.png")],
+                           base=store.current_version())
+    store.remove([0], base=version)
+    return store
+
+
 def flip_byte(path, offset=None):
     data = bytearray(path.read_bytes())
     data[len(data) // 2 if offset is None else offset] ^= 0x01
@@ -23,7 +32,8 @@ def flip_byte(path, offset=None):
 
 
 @pytest.mark.parametrize("name", [*DATA_FILES, "manifest.json"])
-def test_flipped_bit_is_detected(store, name):
+def test_flipped_bit_is_detected(updated_store, name):
+    store = updated_store
     version = store.current_version()
     flip_byte(store.directory(version) / name)
     with pytest.raises(DamagedVersionError, match=name.replace(".", r"\.")):

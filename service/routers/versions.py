@@ -1,0 +1,54 @@
+"""The store's index versions: what each is (a model version or an add/delete), and rolling back to one."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path
+from starlette.concurrency import run_in_threadpool
+
+from index import VersionInfo
+
+from .. import collection
+from ..auth import READ, ReadAccess, WriteAccess
+from ..deps import EngineDep, SettingsDep
+from ..schemas import ErrorResponse, Ready, VersionEntry, Versions
+from .common import INVALID, UNAVAILABLE, WRITE_AUTH
+
+router = APIRouter(prefix="/versions", tags=["versions"])
+
+MODEL_DIGEST_CHARS = 12
+VersionName = Annotated[str, Path(pattern=r"^v\d{6,}$", description="a version name, e.g. v000003")]
+NO_VERSION = {404: {"model": ErrorResponse, "description": "no such version"}}
+
+
+def entry(info: VersionInfo) -> VersionEntry:
+    m = info.manifest
+    if m is None:
+        return VersionEntry(version=info.version, current=info.current, kind="damaged", origin=None, model=None,
+                            size=None, created=None, problem=info.problem)
+    return VersionEntry(version=info.version, current=info.current, kind=info.kind, origin=m["origin"]["kind"],
+                        model=m["files"]["model.pt"]["sha256"][:MODEL_DIGEST_CHARS], size=m["counts"]["vectors"],
+                        created=m["created"], quality=m.get("quality"),
+                        metrics=(m.get("training") or {}).get("metrics"))
+
+
+@router.get("", response_model=Versions, responses=INVALID, openapi_extra=READ, dependencies=[ReadAccess])
+async def list_versions(engine: EngineDep) -> Versions:
+    """Every version kept in the store, oldest first. Keep-N applies to model versions (trainings, re-indexes)
+    and, separately, to update versions (adds, deletes, compactions)."""
+    infos = await run_in_threadpool(engine.store.list)
+    return Versions(versions=[entry(i) for i in infos])
+
+
+@router.post("/{version}/rollback", response_model=Ready, dependencies=[WriteAccess],
+             responses={**NO_VERSION, **INVALID, **WRITE_AUTH, **UNAVAILABLE})
+async def rollback(version: VersionName, engine: EngineDep, settings: SettingsDep) -> Ready:
+    """Serve a kept version's model and collection again, carrying what happened since: images deleted since
+    stay deleted, images added since are embedded with that model and keep their ids (a new version)."""
+    if version not in engine.store.versions():
+        raise HTTPException(404, f"no version {version} in the store")
+    embed = collection.file_embedder(settings.collection_root, engine.device)
+    live = await run_in_threadpool(engine.rollback, version, embed)  # IndexStoreError, VersionRefused: errors.py
+    return Ready(version=live.version, collection_size=live.size, dim=live.dim,
+                 loaded_at=live.loaded_at.isoformat())

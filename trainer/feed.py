@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .augment import DeviceAugment, Preprocess, train_transform
+from .augment import AugmentConfig, DeviceAugment, Preprocess, train_transform
 from .data import ImageFolder
 from .distributed import Dist
 
@@ -45,10 +45,10 @@ def local_slice(batch: torch.Tensor, d: Dist) -> torch.Tensor:
 class DeviceFeed:
     """uint8 images held in device memory, augmented in batch with tensor ops."""
 
-    def __init__(self, images: np.ndarray, pre: Preprocess, hflip: bool, batch_size: int, seed: int,
+    def __init__(self, images: np.ndarray, pre: Preprocess, augment: AugmentConfig, batch_size: int, seed: int,
                  device: torch.device, d: Dist):
         self.images = torch.from_numpy(images).to(device)  # N x H x W x 3 uint8
-        self.augment = DeviceAugment(pre, hflip)
+        self.augment = DeviceAugment(pre, augment)
         self.batch_size, self.seed, self.device, self.d = batch_size, seed, device, d
 
     def steps(self, epoch: int) -> int:
@@ -56,21 +56,26 @@ class DeviceFeed:
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         _, height, width, _ = self.images.shape
-        for step, batch in enumerate(epoch_batches(len(self.images), self.batch_size, self.seed, epoch)):
-            g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, step, 1))
-            params = self.augment.sample(len(batch), height, width, g)  # for the global batch
-            rows = local_slice(torch.arange(len(batch)), self.d)
-            params = params.select(rows)
-            idx = batch[rows].to(self.device)
-            yield self.augment.apply(self.images[idx], params), idx, len(batch)
+        batches = epoch_batches(len(self.images), self.batch_size, self.seed, epoch)
+        order = torch.cat(batches).to(self.device)  # one copy of the epoch's ids, sliced per step below
+        start = 0
+        for step, batch in enumerate(batches):
+            # drawn on the device for the global batch, so no step waits on the host
+            g = torch.Generator(device=self.device).manual_seed(mix_seed(self.seed, epoch, step, 1))
+            params = self.augment.sample(len(batch), height, width, g)
+            b = len(local_slice(batch, self.d))
+            rows = slice(self.d.rank * b, (self.d.rank + 1) * b)  # this rank's share
+            idx = order[start:start + len(batch)][rows]
+            start += len(batch)
+            yield self.augment.apply(self.images[idx], params.select(rows)), idx, len(batch)
 
 
 class LoaderFeed:
     """The PIL pipeline through a DataLoader, for collections of large images."""
 
-    def __init__(self, ds: ImageFolder, pre: Preprocess, hflip: bool, batch_size: int, seed: int,
+    def __init__(self, ds: ImageFolder, pre: Preprocess, augment: AugmentConfig, batch_size: int, seed: int,
                  device: torch.device, d: Dist, workers: int):
-        ds.transform = train_transform(pre, hflip)
+        ds.transform = train_transform(pre, augment)
         self.ds = ds
         self.batch_size, self.seed, self.device, self.d, self.workers = batch_size, seed, device, d, workers
 

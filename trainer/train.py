@@ -138,10 +138,10 @@ def make_feed(cfg: TrainConfig, ds, pre: Preprocess, device: torch.device, d: Di
         cfg.data_path == "auto" and cfg.image_size <= 64 and n_bytes <= DEVICE_PATH_MAX_BYTES)
     if use_device:
         images = ds.images if isinstance(ds, ArrayImages) else decode_to_array(ds, cfg.image_size, progress)
-        return DeviceFeed(images, pre, cfg.flip, cfg.batch_size, cfg.seed, device, d)
+        return DeviceFeed(images, pre, cfg.augmentation, cfg.batch_size, cfg.seed, device, d)
     if isinstance(ds, ArrayImages):
         raise ValueError("data_path=loader needs an image folder; array datasets always use the device path")
-    return LoaderFeed(ds, pre, cfg.flip, cfg.batch_size, cfg.seed, device, d, cfg.workers)
+    return LoaderFeed(ds, pre, cfg.augmentation, cfg.batch_size, cfg.seed, device, d, cfg.workers)
 
 
 def train(cfg: TrainConfig, on_progress: Callable[[Progress], None] | None = None,

@@ -20,11 +20,13 @@ from typing import Any
 import torch
 
 from index import ArtifactStore, IndexConfig
-from trainer.augment import Preprocess
+from trainer import policy
+from trainer.cache import cached_folder
 from trainer.config import TrainConfig
-from trainer.data import ImageFolder, scan_folder
+from trainer.data import scan_folder
 from trainer.distributed import local_device
 from trainer.embed import embed_dataset, load_model_and_config, write_export
+from trainer.preprocess import Preprocess
 from trainer.train import Progress, TrainingCancelled, train
 
 from .jobs import Job, JobStore, JobsUnavailable
@@ -37,12 +39,14 @@ CANCEL_CHECK_S = 1.0
 SOFTMAX_MAX_IMAGES = 200_000  # up to here jobs train with the exact softmax (B x n logits per step)
 
 
-def training_config(settings: Settings, overrides: dict[str, Any], n_images: int, cuda: bool) -> TrainConfig:
+def training_config(settings: Settings, overrides: dict[str, Any], n_images: int, cuda: bool,
+                    short_side: int | None = None) -> TrainConfig:
     """The job's TrainConfig: file defaults (NPID_TRAIN_CONFIG), then the machine's budget, then overrides.
 
     With a GPU: the paper's recipe (ResNet-18, 200 epochs). On a CPU: a narrow ResNet-18 and as many
     epochs as fit NPID_CPU_TRAIN_MINUTES, so a first version is live in minutes. Collections up to
     SOFTMAX_MAX_IMAGES use the exact softmax (tau 0.1, Table 1's best row) instead of NCE.
+    Resolution and architecture come from trainer/policy.py (the collection's median short side).
     """
     base = TrainConfig.from_file(settings.train_config).to_dict() if settings.train_config else {}
     if cuda:
@@ -56,7 +60,11 @@ def training_config(settings: Settings, overrides: dict[str, Any], n_images: int
     merged = {**TrainConfig().to_dict(), **budget, **base, **overrides}
     merged["negatives"] = max(1, min(merged["negatives"], n_images - 1))
     merged["knn_every"] = base.get("knn_every", 5)
-    return TrainConfig.from_dict(merged)
+    cfg = policy.resolve(TrainConfig.from_dict(merged), short_side, cuda)
+    if not cuda and "epochs" not in {**base, **overrides}:  # the budget was measured at 32 px, CIFAR stem
+        cost = policy.cost_per_image(cfg.image_size, cfg.stem)
+        cfg = cfg.replace(epochs=max(1, min(int(budget["epochs"] / cost), 50)))
+    return cfg
 
 
 class JobReporter:
@@ -146,14 +154,21 @@ def _configure_threads(settings: Settings) -> None:
     torch.set_num_threads(threads)
 
 
+def image_cache_dir(settings: Settings) -> Path:
+    """Decoded images (trainer/cache.py) shared by training and re-index jobs, next to the versions."""
+    return settings.artifacts_dir / "image-cache"
+
+
 def _train(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, dict]:
     _configure_threads(settings)
     reporter.phase("loading")
-    n = len(scan_folder(settings.collection_root))
+    files = scan_folder(settings.collection_root).paths
+    short = policy.median_short_side([settings.collection_root / p for p in files])
     device = local_device(settings.train_device)  # CUDA is first touched here, inside the task
-    cfg = training_config(settings, job.params, n, device.type == "cuda")
+    cfg = training_config(settings, job.params, len(files), device.type == "cuda", short)
     run = settings.artifacts_dir / "runs" / job.id
-    cfg = cfg.replace(data=str(settings.collection_root), out=str(run), device=str(device), progress=False)
+    cfg = cfg.replace(data=str(settings.collection_root), out=str(run), device=str(device), progress=False,
+                      cache_dir=cfg.cache_dir or str(image_cache_dir(settings)))
     log.info("job %s: training %s", job.id, cfg.to_dict())
     metrics = train(cfg, on_progress=reporter.progress, should_stop=reporter.should_stop, resume=False)
     version = publish_unless_cancelled(ArtifactStore(settings.artifacts_dir), run / "export", reporter)
@@ -169,8 +184,8 @@ def _reindex(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, 
     device = local_device(settings.train_device)
     encoder, model_cfg = load_model_and_config(live.directory / "model.pt", device)
     pre = Preprocess.load(live.directory / "preprocess.json")
-    ds = ImageFolder(settings.collection_root)
-    skipped = ds.validate()
+    ds = cached_folder(settings.collection_root, pre, image_cache_dir(settings), threads=torch.get_num_threads())
+    skipped = ds.skipped
     reporter.phase("embedding", images=len(ds))
     if reporter.should_stop():
         raise TrainingCancelled("cancelled before embedding")

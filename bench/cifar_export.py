@@ -13,9 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trainer.augment import Preprocess  # noqa: E402
 from trainer.data import load_cifar10  # noqa: E402
 from trainer.embed import embed_dataset, load_model_and_config, write_export  # noqa: E402
+from trainer.preprocess import Preprocess  # noqa: E402
 
 
 def main() -> None:

@@ -29,7 +29,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trainer.augment import Preprocess  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import ImageFolder, load_cifar10  # noqa: E402
 from trainer.distributed import local_device  # noqa: E402
@@ -37,6 +36,7 @@ from trainer.embed import embed_dataset, load_model  # noqa: E402
 from trainer.evaluate import labels_of  # noqa: E402
 from trainer.knn import knn_accuracy  # noqa: E402
 from trainer.model import build_encoder  # noqa: E402
+from trainer.preprocess import Preprocess  # noqa: E402
 from trainer.probe import linear_probe  # noqa: E402
 from trainer.train import train  # noqa: E402
 

@@ -47,10 +47,10 @@ from index import ArtifactStore
 from service.engine import Engine
 from service.settings import Settings
 from service.uploads import decode_upload
-from trainer.augment import Preprocess
 from trainer.data import CIFAR10_MEAN, CIFAR10_STD, ImageFolder
 from trainer.embed import embed_dataset, model_config, write_export
 from trainer.model import build_encoder
+from trainer.preprocess import Preprocess
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import synthetic  # noqa: E402  (the test-suite's generated collections)

@@ -30,7 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from trainer import losses  # noqa: E402
-from trainer.augment import Preprocess  # noqa: E402
 from trainer.bank import MemoryBank  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import CIFAR10_MEAN, CIFAR10_STD, ImageFolder, load_cifar10  # noqa: E402
@@ -40,6 +39,7 @@ from trainer.feed import DeviceFeed  # noqa: E402
 from trainer.knn import knn_accuracy  # noqa: E402
 from trainer.model import build_encoder  # noqa: E402
 from trainer.objective import NPIDObjective  # noqa: E402
+from trainer.preprocess import Preprocess  # noqa: E402
 from trainer.train import Learner, step_noise, train, train_step  # noqa: E402
 
 

@@ -16,11 +16,13 @@ from typing import Any
 import torch
 
 from index import ArtifactStore, Embed, IndexConfig
-from trainer.augment import Preprocess
+from trainer import policy
+from trainer.cache import cached_folder
 from trainer.config import TrainConfig
-from trainer.data import ImageFolder, scan_folder
+from trainer.data import scan_folder
 from trainer.distributed import local_device
 from trainer.embed import embed_dataset, load_model_and_config, write_export
+from trainer.preprocess import Preprocess
 from trainer.train import TrainingCancelled, train
 
 from .collection import file_embedder
@@ -35,12 +37,14 @@ CPU_IMAGES_PER_S = 250.0  # ResNet-18 width 16 at 32 px, one worker thread, with
 SOFTMAX_MAX_IMAGES = 200_000  # up to here jobs train with the exact softmax (B x n logits per step)
 
 
-def training_config(settings: Settings, overrides: dict[str, Any], n_images: int, cuda: bool) -> TrainConfig:
+def training_config(settings: Settings, overrides: dict[str, Any], n_images: int, cuda: bool,
+                    short_side: int | None = None) -> TrainConfig:
     """The job's TrainConfig: file defaults (NPID_TRAIN_CONFIG), then the machine's budget, then overrides.
 
     With a GPU: the paper's recipe (ResNet-18, 200 epochs). On a CPU: a narrow ResNet-18 and as many
     epochs as fit NPID_CPU_TRAIN_MINUTES, so a first version is live in minutes. Collections up to
     SOFTMAX_MAX_IMAGES use the exact softmax (tau 0.1, Table 1's best row) instead of NCE.
+    Resolution and architecture come from trainer/policy.py (the collection's median short side).
     """
     base = TrainConfig.from_file(settings.train_config).to_dict() if settings.train_config else {}
     if cuda:
@@ -54,7 +58,11 @@ def training_config(settings: Settings, overrides: dict[str, Any], n_images: int
     merged = {**TrainConfig().to_dict(), **budget, **base, **overrides}
     merged["negatives"] = max(1, min(merged["negatives"], n_images - 1))
     merged["knn_every"] = base.get("knn_every", 5)
-    return TrainConfig.from_dict(merged)
+    cfg = policy.resolve(TrainConfig.from_dict(merged), short_side, cuda)
+    if not cuda and "epochs" not in {**base, **overrides}:  # the budget was measured at 32 px, CIFAR stem
+        cost = policy.cost_per_image(cfg.image_size, cfg.stem)
+        cfg = cfg.replace(epochs=max(1, min(int(budget["epochs"] / cost), 50)))
+    return cfg
 
 
 def publish_unless_cancelled(store: ArtifactStore, export_dir: Path, reporter: JobReporter, carry_from: int,
@@ -86,6 +94,11 @@ def _configure_threads(settings: Settings) -> None:
     torch.set_num_threads(threads)
 
 
+def image_cache_dir(settings: Settings) -> Path:
+    """Decoded images (trainer/cache.py) shared by training and re-index jobs, next to the versions."""
+    return settings.artifacts_dir / "image-cache"
+
+
 def _train(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, dict]:
     _configure_threads(settings)
     reporter.phase("loading")
@@ -95,8 +108,11 @@ def _train(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, di
     if job.resume:  # POST /jobs/<id>/resume: the run's own recipe, so that its checkpoint matches
         cfg = TrainConfig.from_file(run / "config.yaml")
     else:
-        cfg = training_config(settings, job.params, len(scan_folder(settings.collection_root)), device.type == "cuda")
-    cfg = cfg.replace(data=str(settings.collection_root), out=str(run), device=str(device), progress=False)
+        files = scan_folder(settings.collection_root).paths
+        short = policy.median_short_side([settings.collection_root / p for p in files])
+        cfg = training_config(settings, job.params, len(files), device.type == "cuda", short)
+    cfg = cfg.replace(data=str(settings.collection_root), out=str(run), device=str(device), progress=False,
+                      cache_dir=cfg.cache_dir or str(image_cache_dir(settings)))
     first_new_id = carry_from(run) if job.resume else carry_from(run, store.next_id())
     log.info("job %s: training %s%s", job.id, cfg.to_dict(), " (resumed)" if job.resume else "")
     metrics = train(cfg, on_progress=reporter.progress, should_stop=reporter.should_stop, resume=job.resume)
@@ -110,13 +126,13 @@ def _reindex(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, 
     _configure_threads(settings)
     reporter.phase("loading")
     store = ArtifactStore(settings.artifacts_dir)
-    carry_from = store.next_id()
+    first_new_id = store.next_id()
     live = store.load()
     device = local_device(settings.train_device)
     encoder, model_cfg = load_model_and_config(live.directory / "model.pt", device)
     pre = Preprocess.load(live.directory / "preprocess.json")
-    ds = ImageFolder(settings.collection_root)
-    skipped = ds.validate()
+    ds = cached_folder(settings.collection_root, pre, image_cache_dir(settings), threads=torch.get_num_threads())
+    skipped = ds.skipped
     reporter.phase("embedding", images=len(ds))
     if reporter.should_stop():
         raise TrainingCancelled("cancelled before embedding")
@@ -126,7 +142,7 @@ def _reindex(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, 
     write_export(export, feats, ds, encoder, model_cfg, pre,
                  {"train_config": (live.manifest.get("training") or {}).get("config"), "metrics": metrics})
     try:
-        version = publish_unless_cancelled(store, export, reporter, carry_from,
+        version = publish_unless_cancelled(store, export, reporter, first_new_id,
                                            file_embedder(settings.collection_root, str(device)))
     finally:
         shutil.rmtree(export.parent, ignore_errors=True)

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from trainer.augment import Preprocess
 from trainer.config import TrainConfig
 from trainer.distributed import Dist, init_from_env, mean_over_ranks
 from trainer.feed import DeviceFeed
 from trainer.model import Encoder
 from trainer.objective import NPIDObjective
+from trainer.preprocess import Preprocess
 from trainer.train import Learner, step_noise, train_step
 
 N, SIZE, BATCH = 64, 8, 16

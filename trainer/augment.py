@@ -32,50 +32,15 @@ batch on the device.
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torchvision import transforms as T
 
 from .config import AugmentConfig
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How an image becomes the encoder's input at eval time; saved with every export and artifact."""
-
-    image_size: int  # px, square input
-    resize: int  # shorter side before the centre crop (== image_size for small images: no crop)
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    @classmethod
-    def for_size(cls, image_size: int, mean, std) -> Preprocess:
-        small = image_size <= 64
-        resize = image_size if small else int(round(image_size / 0.875))
-        return cls(image_size, resize, tuple(mean), tuple(std))
-
-    def eval_transform(self) -> T.Compose:
-        if self.resize == self.image_size:  # small images: squash to the square, as training saw them
-            geometry = [T.Resize((self.image_size, self.image_size), antialias=True)]
-        else:
-            geometry = [T.Resize(self.resize, antialias=True), T.CenterCrop(self.image_size)]
-        return T.Compose([*geometry, T.ToTensor(), T.Normalize(self.mean, self.std)])
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json())
-
-    @classmethod
-    def load(cls, path: str | Path) -> Preprocess:
-        d = json.loads(Path(path).read_text())
-        return cls(int(d["image_size"]), int(d["resize"]), tuple(d["mean"]), tuple(d["std"]))
+from .preprocess import Preprocess
 
 
 def train_transform(pre: Preprocess, cfg: AugmentConfig) -> T.Compose:

@@ -38,17 +38,22 @@ def load_rgb(source: str | Path | IO[bytes], draft: tuple[int, int] | None = Non
     with Image.open(source) as im:
         if draft is not None and im.format == "JPEG":
             im.draft("RGB", draft)
-        im.seek(0)  # first frame of GIF / animated WebP / multi-page TIFF
-        im = ImageOps.exif_transpose(im)
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale to 8 bit, keep contrast
-            arr = np.asarray(im, dtype=np.float64)
-            hi = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-            im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            im = im.convert("RGBA")
-            background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(background, im)
-        return im.convert("RGB")
+        return to_rgb(im)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """An opened image -> RGB: first frame, EXIF orientation applied, 16-bit grey scaled, alpha over white."""
+    im.seek(0)  # first frame of GIF / animated WebP / multi-page TIFF
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale to 8 bit, keep contrast
+        arr = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)
+    return im.convert("RGB")
 
 
 @dataclass
@@ -187,16 +192,3 @@ def open_dataset(spec: str, split: str = "train", limit: int = 0) -> ImageFolder
                                                            coll.classes))
         return ds
     return ImageFolder(spec, limit=limit)
-
-
-def decode_to_array(ds: ImageFolder, size: int, progress: bool = False) -> np.ndarray:
-    """Decode a small-image folder once into uint8 [n, size, size, 3] (resize, no crop) for the device path."""
-    from tqdm import tqdm
-
-    out = np.empty((len(ds), size, size, 3), dtype=np.uint8)
-    for i in tqdm(range(len(ds)), desc="decoding", disable=not progress, leave=False):
-        img = ds.load(i)
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.BILINEAR)
-        out[i] = np.asarray(img)
-    return out

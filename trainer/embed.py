@@ -24,15 +24,15 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .augment import Preprocess, device_eval
 from .data import ArrayImages, ImageFolder
 from .model import Encoder, build_encoder
+from .preprocess import Preprocess
 
 EXPORT_FORMAT = 1
 
 
-def model_config(arch: str, dim: int, image_size: int, width: int) -> dict:
-    return {"arch": arch, "dim": dim, "image_size": image_size, "width": width}
+def model_config(arch: str, dim: int, image_size: int, width: int, stem: str = "auto") -> dict:
+    return {"arch": arch, "dim": dim, "image_size": image_size, "width": width, "stem": stem}
 
 
 def save_model(encoder: Encoder, config: dict, path: str | Path) -> None:
@@ -44,7 +44,7 @@ def load_model_and_config(path: str | Path, device: str | torch.device = "cpu") 
     """The encoder saved by save_model, in eval mode on `device`, and its model_config."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
     cfg = blob["model_config"]
-    encoder = build_encoder(cfg["arch"], cfg["dim"], cfg["image_size"], cfg.get("width", 64))
+    encoder = build_encoder(cfg["arch"], cfg["dim"], cfg["image_size"], cfg.get("width", 64), cfg.get("stem", "auto"))
     encoder.load_state_dict(blob["state_dict"])
     return encoder.to(device).eval(), cfg
 
@@ -89,10 +89,10 @@ def embed_dataset(encoder: Encoder, ds: ImageFolder | ArrayImages, pre: Preproce
     """Embeddings of every instance with the eval transform -> N x D float32 on `device`."""
     encoder.eval()
     out = []
-    if isinstance(ds, ArrayImages) and ds.images.shape[1] == pre.image_size:  # fast path: no PIL
+    if isinstance(ds, ArrayImages) and ds.images.shape[1:3] == (pre.stored_size, pre.stored_size):  # no PIL
         for i in tqdm(range(0, len(ds), batch_size), desc="embedding", disable=not progress, leave=False):
-            batch = torch.from_numpy(ds.images[i:i + batch_size]).to(device)
-            out.append(encoder(device_eval(batch, pre)).float())
+            batch = torch.from_numpy(np.array(ds.images[i:i + batch_size])).to(device)  # b x S x S x 3 uint8
+            out.append(encoder(pre.device_eval(batch)).float())  # equals the PIL eval transform
         return torch.cat(out)
     ds.transform = pre.eval_transform()
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
@@ -119,7 +119,7 @@ def write_export(directory: str | Path, embeddings: np.ndarray, ds: ImageFolder 
                 fh.write(json.dumps({"id": i, "path": path, "label": label}) + "\n")
         save_model(encoder, model_cfg, tmp / "model.pt")
         pre.save(tmp / "preprocess.json")
-        root = str(Path(ds.root).resolve()) if isinstance(ds, ImageFolder) else None
+        root = str(Path(ds.root).resolve()) if getattr(ds, "root", None) else None
         meta = {"format": EXPORT_FORMAT, "n": n, "dim": int(embeddings.shape[1]), "collection_root": root,
                 "classes": coll.classes, "skipped": [p for p, _ in ds.skipped],
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}

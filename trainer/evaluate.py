@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .augment import Preprocess
 from .data import ArrayImages, ImageFolder
 from .embed import embed_dataset
 from .knn import knn_accuracy, topk_neighbours
 from .plots import collection_map, neighbour_grid
+from .preprocess import Preprocess
 from .probe import linear_probe
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Feeding batches to the training step: the device-side path and the PIL loader path.
+"""Feeding batches to the training step: the device-side path (cached uint8 squares) and the PIL loader path.
 
 Both yield, per step, (x: b x 3 x S x S normalised, idx: b local instance ids, B: the global batch size).
 Every random choice is a function of (seed, epoch, step), so an epoch replays exactly after a resume,
@@ -7,16 +7,22 @@ and with torchrun each rank takes its slice of the same global batch.
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from .augment import AugmentConfig, DeviceAugment, Preprocess, train_transform
+from .augment import DeviceAugment, train_transform
+from .config import AugmentConfig
 from .data import ImageFolder
 from .distributed import Dist
+from .preprocess import Preprocess
 
-DEVICE_PATH_MAX_BYTES = 4 << 30  # uint8 images kept on the device up to this size
+log = logging.getLogger(__name__)
+
+DEVICE_PATH_MAX_BYTES = 4 << 30  # uint8 images kept resident in accelerator memory up to this size
 
 
 def mix_seed(*parts: int) -> int:
@@ -43,38 +49,54 @@ def local_slice(batch: torch.Tensor, d: Dist) -> torch.Tensor:
 
 
 class DeviceFeed:
-    """uint8 images held in device memory, augmented in batch with tensor ops."""
+    """uint8 images (S x S, S >= the training size) cropped and augmented in batch on the device.
+
+    On an accelerator the images live in its memory when they fit DEVICE_PATH_MAX_BYTES; otherwise (and
+    always on the CPU, where host memory is the device's) each batch is gathered from the host array,
+    typically the image cache's memory map, so the page cache, not a copy, holds the collection.
+    """
 
     def __init__(self, images: np.ndarray, pre: Preprocess, augment: AugmentConfig, batch_size: int, seed: int,
                  device: torch.device, d: Dist):
-        self.images = torch.from_numpy(images).to(device)  # N x H x W x 3 uint8
+        resident = device.type != "cpu" and images.nbytes <= DEVICE_PATH_MAX_BYTES
+        self.host = images  # N x S x S x 3 uint8
+        self.images = torch.from_numpy(np.array(images)).to(device) if resident else None
         self.augment = DeviceAugment(pre, augment)
         self.batch_size, self.seed, self.device, self.d = batch_size, seed, device, d
 
     def steps(self, epoch: int) -> int:
-        return len(epoch_batches(len(self.images), self.batch_size, self.seed, epoch))
+        return len(epoch_batches(len(self.host), self.batch_size, self.seed, epoch))
+
+    def gather(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx: b ids on the CPU -> b x S x S x 3 uint8 on the device."""
+        if self.images is not None:
+            return self.images[idx.to(self.device)]
+        rows = torch.from_numpy(self.host[idx.numpy()])  # fancy indexing copies out of the memory map
+        if self.device.type == "cuda":
+            rows = rows.pin_memory()
+        return rows.to(self.device, non_blocking=True)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-        _, height, width, _ = self.images.shape
-        batches = epoch_batches(len(self.images), self.batch_size, self.seed, epoch)
-        order = torch.cat(batches).to(self.device)  # one copy of the epoch's ids, sliced per step below
-        start = 0
-        for step, batch in enumerate(batches):
+        _, height, width, _ = self.host.shape
+        for step, batch in enumerate(epoch_batches(len(self.host), self.batch_size, self.seed, epoch)):
             # drawn on the device for the global batch, so no step waits on the host
             g = torch.Generator(device=self.device).manual_seed(mix_seed(self.seed, epoch, step, 1))
             params = self.augment.sample(len(batch), height, width, g)
             b = len(local_slice(batch, self.d))
             rows = slice(self.d.rank * b, (self.d.rank + 1) * b)  # this rank's share
-            idx = order[start:start + len(batch)][rows]
-            start += len(batch)
-            yield self.augment.apply(self.images[idx], params.select(rows)), idx, len(batch)
+            idx = batch[rows]
+            yield self.augment.apply(self.gather(idx), params.select(rows)), idx.to(self.device), len(batch)
 
 
 class LoaderFeed:
-    """The PIL pipeline through a DataLoader, for collections of large images."""
+    """The PIL pipeline through a DataLoader: only where the image cache does not fit its disk budget."""
 
     def __init__(self, ds: ImageFolder, pre: Preprocess, augment: AugmentConfig, batch_size: int, seed: int,
                  device: torch.device, d: Dist, workers: int):
+        if workers and multiprocessing.current_process().daemon:  # e.g. Celery's prefork child
+            log.warning("data loader: %d worker processes cannot start inside a daemon process; decoding in "
+                        "the training process", workers)
+            workers = 0
         ds.transform = train_transform(pre, augment)
         self.ds = ds
         self.batch_size, self.seed, self.device, self.d, self.workers = batch_size, seed, device, d, workers

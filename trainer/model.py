@@ -7,6 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from .policy import is_small
+
 
 def init_like_torchvision(module: nn.Module) -> nn.Module:
     """torchvision's ResNet init for layers built after its constructor: Kaiming convs, unit BN."""
@@ -70,8 +72,9 @@ class Encoder(nn.Module):
         return F.normalize(self.head(h).float(), dim=1)  # B x D, fp32 even under autocast
 
 
-def build_encoder(arch: str, dim: int, image_size: int, width: int = 64) -> Encoder:
+def build_encoder(arch: str, dim: int, image_size: int, width: int = 64, stem: str = "auto") -> Encoder:
+    """stem: cifar | imagenet | auto (trainer/policy.py: cifar for small images)."""
     net = resnet(arch, width)
-    if image_size <= 64:
+    if stem == "cifar" or (stem == "auto" and is_small(image_size)):
         net = cifar_stem(net)
     return Encoder(net, dim)

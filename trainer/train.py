@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from .augment import Preprocess
+from . import policy
+from .cache import CacheUnavailable, cached_folder
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import (
@@ -29,16 +30,16 @@ from .data import (
     IMAGENET_STD,
     ArrayImages,
     ImageFolder,
-    decode_to_array,
     open_dataset,
 )
 from .distributed import Dist, all_gather_cat, init_from_env, local_device, mean_over_ranks
 from .embed import model_config, write_export
 from .evaluate import final_evaluation, knn_monitor
-from .feed import DEVICE_PATH_MAX_BYTES, DeviceFeed, LoaderFeed, mix_seed
+from .feed import DeviceFeed, LoaderFeed, mix_seed
 from .model import Encoder, build_encoder
 from .objective import NPIDObjective
 from .plots import plot_curves
+from .preprocess import Preprocess
 from .schedule import lr_at
 
 log = logging.getLogger(__name__)
@@ -118,29 +119,41 @@ def check_same_run(saved: dict, cfg: TrainConfig, ckpt: Path) -> None:
                          "or delete the checkpoint to start over")
 
 
-def open_training_data(cfg: TrainConfig, progress: bool) -> tuple[ImageFolder | ArrayImages, Preprocess]:
+def open_training_data(cfg: TrainConfig, device: torch.device,
+                       progress: bool) -> tuple[TrainConfig, ImageFolder | ArrayImages, Preprocess]:
+    """The collection, cfg with the policy's choices filled in (trainer/policy.py), and the eval transform.
+
+    An image folder is read through the decode-once cache; the PIL loader only when asked for
+    (data_path=loader) or when the cache does not fit its disk budget.
+    """
     ds = open_dataset(cfg.data, "train", cfg.limit)
     cifar = cfg.data.startswith("cifar10:")
+    if isinstance(ds, ArrayImages):
+        short = ds.images.shape[1]
+    else:
+        short = policy.median_short_side([ds.root / p for p in ds.collection.paths], cfg.seed)
+    cfg = policy.resolve(cfg, short, device.type == "cuda")
     pre = Preprocess.for_size(cfg.image_size, *((CIFAR10_MEAN, CIFAR10_STD) if cifar
                                                 else (IMAGENET_MEAN, IMAGENET_STD)))
+    if isinstance(ds, ImageFolder) and cfg.data_path != "loader":
+        try:
+            ds = cached_folder(ds.root, pre, cfg.cache_dir or None, cfg.limit, torch.get_num_threads(), progress)
+        except CacheUnavailable as e:
+            if cfg.data_path == "device":
+                raise
+            log.warning("%s: training with the per-image PIL loader instead (slower)", e)
     if isinstance(ds, ImageFolder):
         skipped = ds.validate(progress)
         if skipped:
             log.warning("skipped %d unreadable file(s) of %d", len(skipped), len(skipped) + len(ds))
         if len(ds) == 0:
             raise ValueError(f"no readable images under {cfg.data}")
-    return ds, pre
+    return cfg, ds, pre
 
 
-def make_feed(cfg: TrainConfig, ds, pre: Preprocess, device: torch.device, d: Dist, progress: bool):
-    n_bytes = len(ds) * cfg.image_size ** 2 * 3
-    use_device = cfg.data_path == "device" or (
-        cfg.data_path == "auto" and cfg.image_size <= 64 and n_bytes <= DEVICE_PATH_MAX_BYTES)
-    if use_device:
-        images = ds.images if isinstance(ds, ArrayImages) else decode_to_array(ds, cfg.image_size, progress)
-        return DeviceFeed(images, pre, cfg.augmentation, cfg.batch_size, cfg.seed, device, d)
-    if isinstance(ds, ArrayImages):
-        raise ValueError("data_path=loader needs an image folder; array datasets always use the device path")
+def make_feed(cfg: TrainConfig, ds, pre: Preprocess, device: torch.device, d: Dist):
+    if isinstance(ds, ArrayImages):  # CIFAR arrays, or an image folder's cached squares
+        return DeviceFeed(ds.images, pre, cfg.augmentation, cfg.batch_size, cfg.seed, device, d)
     return LoaderFeed(ds, pre, cfg.augmentation, cfg.batch_size, cfg.seed, device, d, cfg.workers)
 
 
@@ -158,16 +171,16 @@ def train(cfg: TrainConfig, on_progress: Callable[[Progress], None] | None = Non
     report = on_progress if (on_progress and d.main) else (lambda p: None)
     report(Progress("loading", epochs=cfg.epochs))
 
-    ds, pre = open_training_data(cfg, show)
+    cfg, ds, pre = open_training_data(cfg, device, show)
     eval_ds = open_dataset(cfg.eval_data, "test") if cfg.eval_data else None
-    feed = make_feed(cfg, ds, pre, device, d, show)
+    feed = make_feed(cfg, ds, pre, device, d)
     n = len(ds)
     if d.main:
         cfg.save(out / "config.yaml")
         log.info("training on %d images (%s path, %s, world %d): %s", n, type(feed).__name__, device, d.world,
                  cfg.data)
 
-    encoder = build_encoder(cfg.arch, cfg.dim, cfg.image_size, cfg.width)
+    encoder = build_encoder(cfg.arch, cfg.dim, cfg.image_size, cfg.width, cfg.stem)
     objective = NPIDObjective(cfg, n, torch.Generator().manual_seed(mix_seed(cfg.seed, 7)))
     objective.reduce_mean = lambda t: mean_over_ranks(t, d)
     learner = Learner(encoder, objective).to(device)
@@ -273,7 +286,7 @@ def finish(cfg: TrainConfig, encoder: Encoder, ds, eval_ds, pre: Preprocess, dev
     if should_stop and should_stop():
         raise TrainingCancelled("cancelled before export")
     report(Progress("exporting", cfg.epochs, cfg.epochs))
-    mcfg = model_config(cfg.arch, cfg.dim, cfg.image_size, cfg.width)
+    mcfg = model_config(cfg.arch, cfg.dim, cfg.image_size, cfg.width, cfg.stem)
     write_export(out / "export", train_f.cpu().numpy(), ds, encoder, mcfg, pre,
                  {"train_config": cfg.to_dict(), "metrics": metrics})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -42,7 +42,9 @@ class TrainOverrides(BaseModel):
     temperature: float | None = Field(None, gt=0, le=10)
     negatives: int | None = Field(None, ge=1, le=65536)
     batch_size: int | None = Field(None, ge=2, le=4096)
-    image_size: int | None = Field(None, ge=8, le=512)
+    image_size: int | None = Field(None, ge=8, le=512)  # px; default: trainer/policy.py, from the collection
+    width: int | None = Field(None, ge=4, le=256)  # first-stage channels of the ResNet
+    stem: Literal["cifar", "imagenet"] | None = None  # default: cifar up to 64 px (trainer/policy.py)
 
     def to_config(self) -> dict[str, Any]:
         d = self.model_dump(exclude_none=True)

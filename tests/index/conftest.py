@@ -45,10 +45,10 @@ def model_files(tmp_path_factory) -> Path:
     """A directory with a real model.pt and preprocess.json of the tiny encoder (random init)."""
     import torch
 
-    from trainer.augment import Preprocess
     from trainer.data import CIFAR10_MEAN, CIFAR10_STD
     from trainer.embed import model_config, save_model
     from trainer.model import build_encoder
+    from trainer.preprocess import Preprocess
 
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("model")
@@ -92,10 +92,10 @@ def image_export(tmp_path_factory) -> tuple[Path, Path]:
     through trainer.embed, exactly as `npid train` exports a collection."""
     import torch
 
-    from trainer.augment import Preprocess
     from trainer.data import CIFAR10_MEAN, CIFAR10_STD, ImageFolder
     from trainer.embed import embed_dataset, model_config, write_export
     from trainer.model import build_encoder
+    from trainer.preprocess import Preprocess
 
     base = tmp_path_factory.mktemp("images")
     root = base / "photos"

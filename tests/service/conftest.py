@@ -26,11 +26,11 @@ from PIL import Image
 from index import ArtifactStore
 from service.app import create_app
 from service.settings import Settings
-from trainer.augment import Preprocess
 from trainer.config import TrainConfig
 from trainer.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolder
 from trainer.embed import embed_dataset, model_config, write_export
 from trainer.model import build_encoder
+from trainer.preprocess import Preprocess
 from trainer.train import train
 
 IMAGE_SIZE = 16  # px: the tiny model's input

@@ -43,7 +43,7 @@ def test_npid_beats_random_init(tmp_path, monkeypatch, one_thread):
     monkeypatch.setattr(trainer.train, "build_encoder", build_and_keep)
     trained = train(cfg)["knn"]["top1@10"]  # leave-one-out weighted kNN on the collection
 
-    ds, pre = open_training_data(cfg, progress=False)
+    _, ds, pre = open_training_data(cfg, torch.device("cpu"), progress=False)
     f = embed_dataset(initial["encoder"], ds, pre, "cpu", progress=False)  # N x D
     y = labels_of(ds)
     at_init = knn_accuracy(f, y, f, y, cfg.knn_k, cfg.temperature, exclude_self=True)["top1@10"]

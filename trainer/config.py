@@ -19,6 +19,7 @@ import yaml
 Objective = Literal["softmax", "nce", "infonce", "parametric"]
 Schedule = Literal["step", "cosine"]
 DataPath = Literal["auto", "device", "loader"]
+BankInit = Literal["random", "features"]
 
 
 @dataclass
@@ -36,6 +37,7 @@ class TrainConfig:
     arch: str = "resnet18"  # any torchvision ResNet: resnet18, resnet34, resnet50, ...
     width: int = 64  # first-stage channels; 64 is torchvision's ResNet, smaller for CPU runs
     dim: int = 128  # embedding size (paper: 128)
+    init_model: str = ""  # model.pt to start from (warm start from a published version); "": random init
 
     # --- objective ---
     objective: Objective = "nce"  # softmax: exact over all n; nce: m noise samples; infonce; parametric
@@ -43,6 +45,7 @@ class TrainConfig:
     negatives: int = 4096  # m, noise samples per positive (nce, infonce)
     z_momentum: float = 0.0  # 0: Z fixed after the first batch (paper); >0: running average of Z
     bank_momentum: float = 0.5  # m in v <- normalize(m v + (1 - m) f)
+    bank_init: BankInit = "random"  # random unit vectors (paper) | features: the network's embeddings at step 0
     proximal: float = 0.0  # lambda of Eq. 9 (paper: 30 in its proximal experiments; 0 = off)
 
     # --- optimisation ---
@@ -82,6 +85,8 @@ class TrainConfig:
             problems.append(f"unknown objective {self.objective!r}")
         if self.schedule not in ("step", "cosine"):
             problems.append(f"unknown schedule {self.schedule!r}")
+        if self.bank_init not in ("random", "features"):
+            problems.append(f"unknown bank_init {self.bank_init!r}")
         if self.data_path not in ("auto", "device", "loader"):
             problems.append(f"unknown data_path {self.data_path!r}")
         for name in ("epochs", "batch_size", "image_size", "dim", "width"):

@@ -1,0 +1,199 @@
+"""The CPU recipe: what makes NPID useful on 2 cores in a few minutes. Results go to docs/cpu-recipe.md.
+
+    python bench/cpu_recipe.py rates                 # training images/s of each backbone, side by side
+    python bench/cpu_recipe.py sweep --limit 2500    # recipe variants at a fixed compute budget, vs raw pixels
+    python bench/cpu_recipe.py check FOLDER          # the job's CPU default on a whole folder, vs raw pixels
+
+Budgets are counted in a unit that does not move when other processes share the cores: training images
+processed, converted to seconds with the images/s that `rates` measured for each backbone side by side in
+one process (medians of interleaved rounds). `--budget-s` is the training time at those rates; `sweep`
+at 1/4 of the collection with 1/4 of the budget gives every variant the epochs it would get at full scale.
+Each mode prints the machine, versions and command with its table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from trainer_bench import machine  # noqa: E402
+
+from trainer.augment import Preprocess  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
+from trainer.data import CIFAR10_MEAN, CIFAR10_STD, open_dataset  # noqa: E402
+from trainer.distributed import Dist  # noqa: E402
+from trainer.feed import DeviceFeed  # noqa: E402
+from trainer.knn import knn_accuracy  # noqa: E402
+from trainer.model import build_encoder  # noqa: E402
+from trainer.objective import NPIDObjective  # noqa: E402
+from trainer.train import Learner, train, train_step  # noqa: E402
+
+BACKBONES = {"resnet18-w16": ("resnet18", 16), "resnet18-w8": ("resnet18", 8), "airnet-w32": ("airnet", 32),
+             "airnet-w16": ("airnet", 16), "airnet-w64": ("airnet", 64)}
+
+
+def rates(names: list[str], image_size: int, batch: int, threads: int, rounds: int, steps: int) -> dict[str, float]:
+    """Training images/s (augmentation, forward, backward, SGD, bank update) per backbone, interleaved rounds."""
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch * steps, image_size, image_size, 3), dtype=np.uint8)
+    pre = Preprocess.for_size(image_size, CIFAR10_MEAN, CIFAR10_STD)
+    setups = {}
+    for name in names:
+        arch, width = BACKBONES[name]
+        cfg = TrainConfig(data="bench", arch=arch, width=width, batch_size=batch, objective="softmax",
+                          temperature=0.1, image_size=image_size)
+        objective = NPIDObjective(cfg, 10_000)
+        learner = Learner(build_encoder(arch, cfg.dim, image_size, width), objective)
+        opt = torch.optim.SGD(learner.parameters(), lr=0.03, momentum=0.9)
+        feed = DeviceFeed(images, pre, False, batch, 0, torch.device("cpu"), Dist())
+        setups[name] = (learner, objective, opt, feed)
+    seen: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds + 1):
+        for name, (learner, objective, opt, feed) in setups.items():
+            t = time.perf_counter()
+            for x, idx, _ in feed.epoch(r):
+                train_step(learner, objective, opt, x, idx, None, Dist())
+            if r:  # round 0 warms up
+                seen[name].append(len(images) / (time.perf_counter() - t))
+    return {name: statistics.median(v) for name, v in seen.items()}
+
+
+def raw_pixels_knn(ds, tau: float) -> dict[str, float]:
+    """Leave-one-out weighted kNN on centred, L2-normalised raw pixels: the bar a learned embedding must pass."""
+    from trainer.data import ArrayImages, decode_to_array
+
+    images = ds.images if isinstance(ds, ArrayImages) else decode_to_array(ds, 32)
+    x = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32))  # N x (32*32*3)
+    x = torch.nn.functional.normalize(x - x.mean(0), dim=1)
+    y = torch.from_numpy(ds.collection.labels)
+    return knn_accuracy(x, y, x, y, (200,), tau, exclude_self=True)
+
+
+# name -> overrides of the job's old CPU default (resnet18 width 16, softmax tau 0.1, cosine lr 0.03, batch 128)
+VARIANTS: dict[str, dict] = {
+    "old default": {},
+    "+ bank from features": {"bank_init": "features"},
+    "+ bank, lr 0.06": {"bank_init": "features", "lr": 0.06},
+    "+ bank, warm-up 1": {"bank_init": "features", "warmup_epochs": 1},
+    "airnet-w32 + bank": {"arch": "airnet", "width": 32, "bank_init": "features"},
+    "airnet-w32 + bank, lr 0.06": {"arch": "airnet", "width": 32, "bank_init": "features", "lr": 0.06},
+    "airnet-w32 random bank": {"arch": "airnet", "width": 32},
+    "airnet-w16 + bank": {"arch": "airnet", "width": 16, "bank_init": "features"},
+    "airnet-w64 + bank": {"arch": "airnet", "width": 64, "bank_init": "features"},
+    "airnet-w32 + bank, batch 64": {"arch": "airnet", "width": 32, "bank_init": "features", "batch_size": 64},
+    "airnet-w32 + bank, batch 256": {"arch": "airnet", "width": 32, "bank_init": "features", "batch_size": 256},
+    "airnet-w32 + bank, tau 0.05": {"arch": "airnet", "width": 32, "bank_init": "features", "temperature": 0.05},
+    "airnet-w32 + bank, tau 0.2": {"arch": "airnet", "width": 32, "bank_init": "features", "temperature": 0.2},
+}
+OLD_DEFAULT = {"arch": "resnet18", "width": 16, "objective": "softmax", "temperature": 0.1, "schedule": "cosine",
+               "lr": 0.03, "batch_size": 128}
+
+
+def backbone_of(cfg: dict) -> str:
+    return f"{cfg['arch']}-w{cfg['width']}"
+
+
+def run_variant(data: str, limit: int, overrides: dict, epochs: int, out: Path) -> dict:
+    cfg = TrainConfig(**{**OLD_DEFAULT, **overrides}, data=data, limit=limit, epochs=epochs, out=str(out),
+                      knn_every=0, progress=False, seed=0)
+    t = time.perf_counter()
+    metrics = train(cfg, resume=False)
+    return {"top1": metrics["knn"]["top1@200"], "nn1": metrics["knn"]["nn1"], "wall_s": time.perf_counter() - t}
+
+
+def sweep(args) -> str:
+    names = list(VARIANTS) if not args.only else [v for v in VARIANTS if v in args.only]
+    backbones = sorted({backbone_of({**OLD_DEFAULT, **VARIANTS[v]}) for v in names} | {"resnet18-w16"})
+    r = rates(backbones, 32, 128, args.threads, args.rounds, 4)
+    ds = open_dataset(args.data, "train", args.limit)
+    n = len(ds)
+    pixels = raw_pixels_knn(ds, 0.1)
+    lines = [f"| raw pixels | - | - | - | {pixels['top1@200']:.2f} | {pixels['nn1']:.2f} |"]
+    for name in names:
+        cfg = {**OLD_DEFAULT, **VARIANTS[name]}
+        rate = r[backbone_of(cfg)]
+        epochs = max(1, round(args.budget_s * rate / n))
+        res = run_variant(args.data, args.limit, VARIANTS[name], epochs, Path(args.out) / name.replace(" ", "_"))
+        lines.append(f"| {name} | {backbone_of(cfg)} | {rate:.0f} | {epochs} | {res['top1']:.2f} | {res['nn1']:.2f} |")
+        print(lines[-1], flush=True)
+    rate_txt = ", ".join(f"{k} {v:.0f}" for k, v in r.items())
+    return (f"{n} images of `{args.data}`; budget {args.budget_s:.0f} s of training at the images/s measured side "
+            f"by side ({args.threads} thread(s): {rate_txt}); leave-one-out weighted kNN (k=200, tau 0.1)\n\n"
+            "| variant | backbone | images/s | epochs | kNN top-1 | 1-NN |\n| --- | --- | --- | --- | --- | --- |\n"
+            + "\n".join(lines))
+
+
+def check(args) -> str:
+    """The job's CPU default (service/pipeline.py:training_config) on a whole folder, vs raw pixels."""
+    from service.pipeline import training_config
+    from service.settings import load_settings
+
+    ds = open_dataset(args.data, "train")
+    cfg = training_config(load_settings(), {}, len(ds), cuda=False)
+    cfg = cfg.replace(data=args.data, out=args.out, progress=False, knn_every=0)
+    pixels = raw_pixels_knn(ds, cfg.temperature)
+    t = time.perf_counter()
+    metrics = train(cfg, resume=False)
+    wall = time.perf_counter() - t
+    train_s = metrics["train_seconds"]
+    return (f"`{args.data}`, {len(ds)} images; CPU default: {cfg.arch} width {cfg.width}, {cfg.epochs} epochs, "
+            f"batch {cfg.batch_size}, bank_init {cfg.bank_init}, lr {cfg.lr}, warm-up {cfg.warmup_epochs}; "
+            f"training {train_s:.0f} s, whole run {wall:.0f} s (shared machine)\n\n"
+            "| features | kNN top-1 | 1-NN |\n| --- | --- | --- |\n"
+            f"| raw pixels | {pixels['top1@200']:.2f} | {pixels['nn1']:.2f} |\n"
+            f"| NPID, CPU default | {metrics['knn']['top1@200']:.2f} | {metrics['knn']['nn1']:.2f} |\n\n"
+            + json.dumps({k: v for k, v in metrics.items() if k != "knn"}, default=str))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="mode", required=True)
+    pr = sub.add_parser("rates")
+    pr.add_argument("--backbones", nargs="+", default=list(BACKBONES))
+    pr.add_argument("--image-size", type=int, default=32)
+    pr.add_argument("--batch", type=int, default=128)
+    pr.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    pr.add_argument("--rounds", type=int, default=3)
+    ps = sub.add_parser("sweep")
+    ps.add_argument("--data", default="cifar10:/work/shared/data/cifar10")
+    ps.add_argument("--limit", type=int, default=2500)
+    ps.add_argument("--budget-s", type=float, default=60.0)
+    ps.add_argument("--threads", type=int, default=1)
+    ps.add_argument("--rounds", type=int, default=3)
+    ps.add_argument("--only", nargs="*")
+    ps.add_argument("--out", default="runs/cpu-recipe")
+    pc = sub.add_parser("check")
+    pc.add_argument("data")
+    pc.add_argument("--out", default="runs/cpu-check")
+    args = p.parse_args()
+    print(f"Machine: {machine()}  \nCommand: `python {' '.join(sys.argv)}`  \n"
+          f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
+    if args.mode == "rates":
+        for t in args.threads:
+            r = rates(args.backbones, args.image_size, args.batch, t, args.rounds, 4)
+            base = r.get("resnet18-w16")
+            print(f"\n{t} thread(s), {args.image_size} px, batch {args.batch}\n\n"
+                  "| backbone | images/s | vs resnet18-w16 |\n| --- | --- | --- |")
+            for name, v in r.items():
+                print(f"| {name} | {v:.0f} | {v / base:.2f}x |" if base else f"| {name} | {v:.0f} | - |")
+    elif args.mode == "sweep":
+        torch.set_num_threads(args.threads)
+        print(sweep(args))
+    else:
+        print(check(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -23,13 +23,13 @@ from .bodylimit import BodyLimitMiddleware
 from .engine import Engine
 from .metrics import Metrics, MetricsMiddleware
 from .ratelimit import RateLimiter
-from .routers import images, jobs, page, search, status
+from .routers import images, jobs, page, search, status, versions
 from .routers.page import STATIC
 from .settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
-ROUTERS = (search.router, images.router, jobs.router, status.router, page.router)
+ROUTERS = (search.router, images.router, jobs.router, status.router, versions.router, page.router)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

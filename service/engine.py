@@ -33,6 +33,7 @@ from index import ArtifactStore, IndexStoreError, ItemMeta, LoadedVersion, NewIt
 from trainer.embed import Embedder
 
 from .metrics import Metrics
+from .scores import ScoreScale
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,19 @@ class LiveVersion:
         """Checksums of model.pt and preprocess.json: equal digests, same embedder."""
         files = self.manifest["files"]
         return files["model.pt"]["sha256"], files["preprocess.json"]["sha256"]
+
+    @cached_property
+    def score_scale(self) -> ScoreScale:
+        """Cosines of random pairs of this version's images: a hit's cosine -> percentile (service/scores.py)."""
+        return ScoreScale.of_vectors(self.searcher.vectors)
+
+    @property
+    def quality(self) -> dict | None:
+        return ((self.manifest.get("training") or {}).get("metrics") or {}).get("quality")
+
+    @property
+    def knn(self) -> dict | None:
+        return ((self.manifest.get("training") or {}).get("metrics") or {}).get("knn")
 
     @cached_property
     def _by_path(self) -> dict[str, int]:
@@ -242,6 +256,7 @@ class Engine:
             embedder = Embedder.from_dir(loaded.directory, self.device)
         new = LiveVersion(loaded, embedder)
         new.validate()
+        new.score_scale  # noqa: B018  (computed before the swap, not on the first request)
         return new
 
     # ---------------------------------------------------------------------------------- work

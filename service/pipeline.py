@@ -25,10 +25,13 @@ from trainer.config import TrainConfig
 from trainer.data import ImageFolder, scan_folder
 from trainer.distributed import local_device
 from trainer.embed import embed_dataset, load_model_and_config, write_export
+from trainer.quality import record_in_export
 from trainer.train import Progress, TrainingCancelled, train
 
 from .jobs import Job, JobStore, JobsUnavailable
+from .promotion import current_version, decide, export_quality, live_quality
 from .settings import Settings
+from .warmstart import JobRequest, resumed_config, warm_start_config
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +109,16 @@ class JobReporter:
         return self.stop
 
 
-def publish_unless_cancelled(store: ArtifactStore, export_dir: Path, reporter: JobReporter) -> str:
+def publish_unless_cancelled(store: ArtifactStore, export_dir: Path, reporter: JobReporter,
+                             publish: bool = True) -> str:
+    """Build a version from the export; publish it unless cancelled (or unless the gate said no)."""
     reporter.phase("indexing")
     version = store.build(export_dir, IndexConfig(), publish=False)
     if reporter.store.cancel_requested(reporter.job.id):
         raise TrainingCancelled("cancelled before publishing")
-    reporter.phase("publishing", version=version)
-    store.publish(version)
+    if publish:
+        reporter.phase("publishing", version=version)
+        store.publish(version)
     return version
 
 
@@ -149,16 +155,41 @@ def _configure_threads(settings: Settings) -> None:
 def _train(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, dict]:
     _configure_threads(settings)
     reporter.phase("loading")
-    n = len(scan_folder(settings.collection_root))
+    request = JobRequest.of(job.params)
+    store = ArtifactStore(settings.artifacts_dir)
     device = local_device(settings.train_device)  # CUDA is first touched here, inside the task
-    cfg = training_config(settings, job.params, n, device.type == "cuda")
-    run = settings.artifacts_dir / "runs" / job.id
-    cfg = cfg.replace(data=str(settings.collection_root), out=str(run), device=str(device), progress=False)
+    runs = settings.artifacts_dir / "runs"
+    if request.resume:  # the background trainer: the same run, more epochs
+        run = runs / request.resume
+        cfg = resumed_config(run, request.overrides)
+    else:
+        run = runs / job.id
+        n = len(scan_folder(settings.collection_root))
+        cfg = training_config(settings, request.overrides, n, device.type == "cuda")
+        cfg = cfg.replace(data=str(settings.collection_root), out=str(run), device=str(device), progress=False,
+                          extra={**cfg.extra, "images": n})
+        if request.init == "live":
+            cfg = warm_start_config(cfg, store, run)
     log.info("job %s: training %s", job.id, cfg.to_dict())
-    metrics = train(cfg, on_progress=reporter.progress, should_stop=reporter.should_stop, resume=False)
-    version = publish_unless_cancelled(ArtifactStore(settings.artifacts_dir), run / "export", reporter)
-    (run / "checkpoint.pt").unlink(missing_ok=True)  # the version holds the model; keep the logs and pictures
-    return version, {**metrics, "train_config": cfg.to_dict()}
+    metrics = train(cfg, on_progress=reporter.progress, should_stop=reporter.should_stop,
+                    resume=bool(request.resume))
+    reporter.phase("measuring")
+    ds = ImageFolder(settings.collection_root)
+    ds.validate()
+    quality = export_quality(run / "export", ds, device)
+    record_in_export(run / "export", quality)
+    live = current_version(store)
+    live_q = None if live is None else live_quality(live, ds, quality["key"], device)
+    margin = settings.improve_margin if request.resume else 0.0
+    decision = decide(quality, live_q, request.publish, margin)
+    log.info("job %s: %s", job.id, decision.reason)
+    version = publish_unless_cancelled(store, run / "export", reporter, publish=decision.publish)
+    for other in runs.glob("*/checkpoint.pt"):  # one resumable run at a time: the latest
+        if other.parent != run:
+            other.unlink(missing_ok=True)
+    return version, {**metrics, "quality": quality, "live_quality": live_q, "published": decision.publish,
+                     "gate": decision.reason, "live_version": None if live is None else live.version,
+                     "run": run.name, "train_config": cfg.to_dict()}
 
 
 def _reindex(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, dict]:

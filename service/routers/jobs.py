@@ -13,7 +13,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..auth import require_api_key, require_read_access
 from ..jobs import Job, JobConflict, JobStore, JobsUnavailable
@@ -36,6 +36,19 @@ class TrainOverrides(BaseModel):
     negatives: int | None = Field(None, ge=1, le=65536)
     batch_size: int | None = Field(None, ge=2, le=4096)
     image_size: int | None = Field(None, ge=8, le=512)
+    init: Literal["scratch", "live"] | None = Field(
+        None, description="live: fine-tune the live model, its embeddings filling the memory bank (warm start)")
+    publish: Literal["if_better", "always"] | None = Field(
+        None, description="if_better (default): publish only if the label-free quality is not below the live "
+                          "version's; always: publish regardless")
+    resume: str | None = Field(None, pattern=r"^[0-9a-f]{12}$",
+                               description="continue this run (a train job's id) to `epochs`; the background trainer")
+
+    @model_validator(mode="after")
+    def _one_starting_point(self) -> TrainOverrides:
+        if self.resume and self.init == "live":
+            raise ValueError("resume and init=live exclude each other: a resumed run keeps its own weights")
+        return self
 
     def to_config(self) -> dict[str, Any]:
         d = self.model_dump(exclude_none=True)

@@ -5,8 +5,9 @@
     python bench/cpu_recipe.py check FOLDER          # the job's CPU default on a whole folder, vs raw pixels
 
 Budgets are counted in a unit that does not move when other processes share the cores: training images
-processed, converted to seconds with the images/s that `rates` measured for each backbone side by side in
-one process (medians of interleaved rounds). `--budget-s` is the training time at those rates; `sweep`
+processed. The reference backbone (the jobs' old default) gets 250 images per budget second (its measured rate),
+any other backbone that times its images/s ratio to the reference, measured side by side in one process
+(medians of interleaved rounds). `--budget-s` is the training time at those rates; `sweep`
 at 1/4 of the collection with 1/4 of the budget gives every variant the epochs it would get at full scale.
 Each mode prints the machine, versions and command with its table.
 """
@@ -39,6 +40,8 @@ from trainer.model import build_encoder  # noqa: E402
 from trainer.objective import NPIDObjective  # noqa: E402
 from trainer.train import Learner, train, train_step  # noqa: E402
 
+REFERENCE = "resnet18-w16"  # the jobs' old CPU default, whose rate service/pipeline.py records
+REFERENCE_IMAGES_PER_S = 250.0  # its images/s on one worker thread (docs/jobs-benchmark.md)
 BACKBONES = {"resnet18-w16": ("resnet18", 16), "resnet18-w8": ("resnet18", 8), "airnet-w32": ("airnet", 32),
              "airnet-w16": ("airnet", 16), "airnet-w64": ("airnet", 64)}
 
@@ -91,6 +94,9 @@ VARIANTS: dict[str, dict] = {
     "airnet-w32 + bank, lr 0.06": {"arch": "airnet", "width": 32, "bank_init": "features", "lr": 0.06},
     "airnet-w32 random bank": {"arch": "airnet", "width": 32},
     "airnet-w16 + bank": {"arch": "airnet", "width": 16, "bank_init": "features"},
+    "airnet-w16 + bank, lr 0.06": {"arch": "airnet", "width": 16, "bank_init": "features", "lr": 0.06},
+    "airnet-w16 + bank, lr 0.12, warm-up 1": {"arch": "airnet", "width": 16, "bank_init": "features", "lr": 0.12,
+                                              "warmup_epochs": 1},
     "airnet-w64 + bank": {"arch": "airnet", "width": 64, "bank_init": "features"},
     "airnet-w32 + bank, batch 64": {"arch": "airnet", "width": 32, "bank_init": "features", "batch_size": 64},
     "airnet-w32 + bank, batch 256": {"arch": "airnet", "width": 32, "bank_init": "features", "batch_size": 256},
@@ -114,8 +120,8 @@ def run_variant(data: str, limit: int, overrides: dict, epochs: int, out: Path) 
 
 
 def sweep(args) -> str:
-    names = list(VARIANTS) if not args.only else [v for v in VARIANTS if v in args.only]
-    backbones = sorted({backbone_of({**OLD_DEFAULT, **VARIANTS[v]}) for v in names} | {"resnet18-w16"})
+    names = args.only or list(VARIANTS)
+    backbones = sorted({backbone_of({**OLD_DEFAULT, **VARIANTS[v]}) for v in names} | {REFERENCE})
     r = rates(backbones, 32, 128, args.threads, args.rounds, 4)
     ds = open_dataset(args.data, "train", args.limit)
     n = len(ds)
@@ -123,14 +129,16 @@ def sweep(args) -> str:
     lines = [f"| raw pixels | - | - | - | {pixels['top1@200']:.2f} | {pixels['nn1']:.2f} |"]
     for name in names:
         cfg = {**OLD_DEFAULT, **VARIANTS[name]}
-        rate = r[backbone_of(cfg)]
+        ratio = r[backbone_of(cfg)] / r[REFERENCE]  # side by side: holds while others share the cores
+        rate = REFERENCE_IMAGES_PER_S * ratio
         epochs = max(1, round(args.budget_s * rate / n))
         res = run_variant(args.data, args.limit, VARIANTS[name], epochs, Path(args.out) / name.replace(" ", "_"))
         lines.append(f"| {name} | {backbone_of(cfg)} | {rate:.0f} | {epochs} | {res['top1']:.2f} | {res['nn1']:.2f} |")
         print(lines[-1], flush=True)
     rate_txt = ", ".join(f"{k} {v:.0f}" for k, v in r.items())
-    return (f"{n} images of `{args.data}`; budget {args.budget_s:.0f} s of training at the images/s measured side "
-            f"by side ({args.threads} thread(s): {rate_txt}); leave-one-out weighted kNN (k=200, tau 0.1)\n\n"
+    return (f"{n} images of `{args.data}`; budget {args.budget_s:.0f} s of training at {REFERENCE_IMAGES_PER_S:.0f} "
+            f"images/s for {REFERENCE} (the jobs' reference rate), other backbones at their measured ratio to it "
+            f"(side by side, {args.threads} thread(s): {rate_txt}); leave-one-out weighted kNN (k=200, tau 0.1)\n\n"
             "| variant | backbone | images/s | epochs | kNN top-1 | 1-NN |\n| --- | --- | --- | --- | --- | --- |\n"
             + "\n".join(lines))
 

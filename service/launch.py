@@ -124,6 +124,7 @@ def _follow_job(base: str, headers: dict, job_id: str, children: list[subprocess
 
 
 def run_up(args: argparse.Namespace) -> int:
+    from .improve import children_alive, keep_improving
     from .pipeline import training_config
     from .settings import SettingsError, load_settings
 
@@ -164,6 +165,7 @@ def run_up(args: argparse.Namespace) -> int:
         base = f"http://{args.host}:{args.port}"
         _wait_healthy(base, api)
         headers = {"X-API-Key": env["NPID_API_KEY"]}
+        first_job = None
         if httpx.get(base + "/ready", timeout=5).status_code != 200:
             from trainer.data import scan_folder
             from trainer.distributed import local_device
@@ -181,7 +183,7 @@ def run_up(args: argparse.Namespace) -> int:
                 raise SystemExit(f"could not start the first training job: {r.status_code} {r.text}")
             else:
                 job_id = r.json()["job_id"]
-            job = _follow_job(base, headers, job_id, children)
+            job = first_job = _follow_job(base, headers, job_id, children)
             if job["state"] != "succeeded":
                 raise SystemExit(f"the first training job {job['state']}: {job.get('error')}")
             knn = (job.get("metrics") or {}).get("knn")
@@ -193,6 +195,8 @@ def run_up(args: argparse.Namespace) -> int:
         ready = httpx.get(base + "/ready", timeout=5).json()
         print(f"\nnpid-search is live: version {ready['version']}, {ready['collection_size']} images\n"
               f"  web page:  {base}/\n  API docs:  {base}/docs\nCtrl-C stops everything started here.")
+        if first_job is not None and settings.keep_training:  # service/improve.py
+            keep_improving(base, headers, first_job, children_alive(children))
         while all(p.poll() is None for p in children):
             time.sleep(1)
         print("a child process exited; stopping", file=sys.stderr)

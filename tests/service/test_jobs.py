@@ -4,6 +4,7 @@ process (`npid worker`), the real app. Tiny model, tiny collection."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import numpy as np
 import ports
 import pytest
 import redis
+import torch
 import yaml
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -29,6 +31,7 @@ pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="re
 
 KEY = {"X-API-Key": "test-key"}
 LOCK_TTL_S = 3.0
+IMPROVE_MARGIN = 100.0  # points: no resumed stage can gain that much, so its version is always kept back
 
 
 class RedisServer:
@@ -106,7 +109,8 @@ def stack(collection_template, store_template, tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NPID_COLLECTION_ROOT": str(collection),
            "NPID_ARTIFACTS_DIR": str(store), "NPID_REDIS_URL": server.url, "NPID_API_KEY": "test-key",
            "NPID_TRAIN_CONFIG": str(recipe), "NPID_TRAIN_DEVICE": "cpu", "NPID_WORKER_THREADS": "1",
-           "NPID_JOBS_LOCK_TTL_S": str(LOCK_TTL_S), "NPID_JOBS_HEARTBEAT_S": "0.3"}
+           "NPID_JOBS_LOCK_TTL_S": str(LOCK_TTL_S), "NPID_JOBS_HEARTBEAT_S": "0.3",
+           "NPID_IMPROVE_MARGIN": str(IMPROVE_MARGIN)}
     worker = Worker(env, tmp / "worker.log")
     worker.start()
     with TestClient(create_app(settings)) as client:
@@ -151,7 +155,7 @@ def current(settings: Settings) -> str | None:
 def test_train_job_publishes_a_version_that_search_then_uses(stack):
     client, settings, _, _ = stack
     before = search(client)["version"]
-    r = client.post("/jobs/train", json={"epochs": 40}, headers=KEY)  # long enough to watch it run
+    r = client.post("/jobs/train", json={"epochs": 40, "publish": "always"}, headers=KEY)  # long enough to watch
     assert r.status_code == 202, r.text
     job_id = r.json()["job_id"]
     seen = running_with_progress(client, job_id)
@@ -200,6 +204,56 @@ def test_two_concurrent_triggers_one_202_one_409_then_cancel(stack):
     again = client.post("/jobs/train", json={"epochs": 1}, headers=KEY)  # the lock is free again
     assert again.status_code == 202
     assert finished(client, again.json()["job_id"])["state"] == "succeeded"
+
+
+def test_gate_keeps_back_a_version_short_of_the_margin_and_it_can_be_published_by_hand(stack):
+    client, settings, _, _ = stack
+    r = client.post("/jobs/train", json={"epochs": 1, "publish": "always"}, headers=KEY)
+    first = finished(client, r.json()["job_id"])
+    assert first["state"] == "succeeded" and first["metrics"]["published"] is True, first
+    quality = first["metrics"]["quality"]
+    assert {"self_top1", "self_top10", "alignment", "uniformity", "sample_size", "key"} <= set(quality)
+    assert 0 <= quality["self_top1"] <= quality["self_top10"] <= 100
+    wait_for(lambda: client.get("/ready").json().get("version") == first["version"], 20, "API did not swap")
+    assert client.get("/ready").json()["quality"] == quality  # stored in the manifest at publish
+
+    # the next stage of the same run (the background trainer's request): resumed, measured, kept back
+    r = client.post("/jobs/train", json={"resume": first["id"], "epochs": 2}, headers=KEY)
+    assert r.status_code == 202, r.text
+    second = finished(client, r.json()["job_id"])
+    m = second["metrics"]
+    assert second["state"] == "succeeded" and m["published"] is False, second
+    assert m["live_version"] == first["version"] and m["live_quality"]["self_top1"] == quality["self_top1"]
+    assert m["quality"]["key"] == quality["key"] and "kept the live version" in m["gate"]
+    log = (settings.artifacts_dir / "runs" / first["id"] / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2]  # epoch 2 continued epoch 1, no restart
+    assert current(settings) == first["version"]
+    listed = {v["version"]: v for v in client.get("/versions").json()}
+    assert not listed[second["version"]]["current"] and listed[second["version"]]["quality"] == m["quality"]
+
+    assert client.post(f"/versions/{second['version']}/publish").status_code == 401  # needs the key
+    assert client.post("/versions/v999999/publish", headers=KEY).status_code == 404
+    r = client.post(f"/versions/{second['version']}/publish", headers=KEY)
+    assert r.status_code == 200 and r.json()["current"], r.text
+    assert current(settings) == second["version"]
+    wait_for(lambda: client.get("/ready").json().get("version") == second["version"], 20, "API did not swap")
+
+
+def test_warm_start_fine_tunes_the_live_model_from_its_embeddings(stack):
+    client, settings, _, _ = stack
+    live = client.get("/ready").json()["version"]
+    assert client.post("/jobs/train", json={"init": "live", "resume": "0123456789ab"}, headers=KEY).status_code == 422
+    r = client.post("/jobs/train", json={"init": "live", "epochs": 1, "publish": "always"}, headers=KEY)
+    job = finished(client, r.json()["job_id"])
+    assert job["state"] == "succeeded", job
+    cfg = job["metrics"]["train_config"]
+    assert cfg["bank_init"] == "features" and cfg["extra"]["init_from_version"] == live
+    live_model = torch.load(ArtifactStore(settings.artifacts_dir).directory(live) / "model.pt", weights_only=True)
+    assert {k: cfg[k] for k in ("arch", "dim", "image_size", "width")} == live_model["model_config"]
+    assert Path(cfg["init_model"]).name == "init_model.pt"
+    r = client.post("/jobs/train", json={"resume": "0123456789ab", "epochs": 3}, headers=KEY)
+    gone = finished(client, r.json()["job_id"])
+    assert gone["state"] == "failed" and "no checkpoint" in gone["error"]
 
 
 def test_index_job_reembeds_new_files_with_the_live_model(stack):

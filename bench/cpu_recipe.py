@@ -3,6 +3,7 @@
     python bench/cpu_recipe.py rates                 # training images/s of each backbone, side by side
     python bench/cpu_recipe.py sweep --limit 2500    # recipe variants at a fixed compute budget, vs raw pixels
     python bench/cpu_recipe.py check FOLDER          # the job's CPU default on a whole folder, vs raw pixels
+    python bench/cpu_recipe.py order RUN...          # label-free quality beside kNN for finished runs
 
 Budgets are counted in a unit that does not move when other processes share the cores: training images
 processed. The reference backbone (the jobs' old default) gets 250 images per budget second (its measured rate),
@@ -47,14 +48,19 @@ BACKBONES = {"resnet18-w16": ("resnet18", 16), "resnet18-w8": ("resnet18", 8), "
 
 
 def rates(names: list[str], image_size: int, batch: int, threads: int, rounds: int, steps: int) -> dict[str, float]:
-    """Training images/s (augmentation, forward, backward, SGD, bank update) per backbone, interleaved rounds."""
+    """Training images/s (augmentation, forward, backward, SGD, bank update) per backbone, interleaved rounds.
+
+    A name "airnet-w32/b32" sets that backbone's batch size (default: `batch`).
+    """
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (batch * steps, image_size, image_size, 3), dtype=np.uint8)
     pre = Preprocess.for_size(image_size, CIFAR10_MEAN, CIFAR10_STD)
     setups = {}
     for name in names:
-        arch, width = BACKBONES[name]
+        backbone, _, b = name.partition("/b")
+        arch, width = BACKBONES[backbone]
+        batch = int(b) if b else batch
+        images = rng.integers(0, 256, (128 * steps, image_size, image_size, 3), dtype=np.uint8)  # same work each
         cfg = TrainConfig(data="bench", arch=arch, width=width, batch_size=batch, objective="softmax",
                           temperature=0.1, image_size=image_size)
         objective = NPIDObjective(cfg, 10_000)
@@ -69,7 +75,7 @@ def rates(names: list[str], image_size: int, batch: int, threads: int, rounds: i
             for x, idx, _ in feed.epoch(r):
                 train_step(learner, objective, opt, x, idx, None, Dist())
             if r:  # round 0 warms up
-                seen[name].append(len(images) / (time.perf_counter() - t))
+                seen[name].append(len(feed.images) / (time.perf_counter() - t))
     return {name: statistics.median(v) for name, v in seen.items()}
 
 
@@ -100,6 +106,10 @@ VARIANTS: dict[str, dict] = {
     "airnet-w64 + bank": {"arch": "airnet", "width": 64, "bank_init": "features"},
     "airnet-w32 + bank, batch 64": {"arch": "airnet", "width": 32, "bank_init": "features", "batch_size": 64},
     "airnet-w32 + bank, batch 256": {"arch": "airnet", "width": 32, "bank_init": "features", "batch_size": 256},
+    "airnet-w32 + bank, batch 32": {"arch": "airnet", "width": 32, "bank_init": "features", "batch_size": 32},
+    "airnet-w16 + bank, batch 32": {"arch": "airnet", "width": 16, "bank_init": "features", "batch_size": 32},
+    "airnet-w32 + bank, batch 32, tau 0.05": {"arch": "airnet", "width": 32, "bank_init": "features",
+                                              "batch_size": 32, "temperature": 0.05},
     "airnet-w32 + bank, tau 0.05": {"arch": "airnet", "width": 32, "bank_init": "features", "temperature": 0.05},
     "airnet-w32 + bank, tau 0.2": {"arch": "airnet", "width": 32, "bank_init": "features", "temperature": 0.2},
 }
@@ -108,7 +118,9 @@ OLD_DEFAULT = {"arch": "resnet18", "width": 16, "objective": "softmax", "tempera
 
 
 def backbone_of(cfg: dict) -> str:
-    return f"{cfg['arch']}-w{cfg['width']}"
+    """The rates key: backbone, and the batch size when it is not the reference's 128."""
+    batch = "" if cfg["batch_size"] == 128 else f"/b{cfg['batch_size']}"
+    return f"{cfg['arch']}-w{cfg['width']}{batch}"
 
 
 def run_variant(data: str, limit: int, overrides: dict, epochs: int, out: Path) -> dict:
@@ -165,6 +177,32 @@ def check(args) -> str:
             + json.dumps({k: v for k, v in metrics.items() if k != "knn"}, default=str))
 
 
+def order(args) -> str:
+    """Label-free quality beside leave-one-out kNN for finished runs (their exports): do they rank alike?"""
+    from scipy.stats import kendalltau, spearmanr
+
+    from service.promotion import export_quality
+
+    rows = []
+    for run in map(Path, args.runs):
+        export = run / "export"
+        meta = json.loads((export / "export.json").read_text())
+        ds = open_dataset(meta["train_config"]["data"], "train", meta["train_config"]["limit"])
+        q = export_quality(export, ds, torch.device("cpu"))
+        knn = meta["metrics"]["knn"]
+        rows.append((run.name, meta["train_config"]["epochs"], knn["top1@200"], q))
+    rows.sort(key=lambda r: r[2])
+    knn_v = [r[2] for r in rows]
+    lines = [f"| {name} | {ep} | {k:.2f} | {q['self_top1']:.1f} | {q['self_top10']:.1f} | {q['alignment']:.3f} | "
+             f"{q['uniformity']:.3f} |" for name, ep, k, q in rows]
+    rho = spearmanr(knn_v, [r[3]["self_top1"] for r in rows]).statistic
+    tau = kendalltau(knn_v, [r[3]["self_top1"] for r in rows]).statistic
+    return ("| version (run) | epochs | kNN top-1 (labels) | self top-1 | self top-10 | alignment | uniformity |\n"
+            "| --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(lines) +
+            f"\n\nRank agreement of self top-1 with kNN top-1 over {len(rows)} versions: Spearman {rho:.2f}, "
+            f"Kendall {tau:.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="mode", required=True)
@@ -182,6 +220,8 @@ def main() -> None:
     ps.add_argument("--rounds", type=int, default=3)
     ps.add_argument("--only", nargs="*")
     ps.add_argument("--out", default="runs/cpu-recipe")
+    po = sub.add_parser("order")
+    po.add_argument("runs", nargs="+", help="run folders with an export/ (e.g. runs/cpu-recipe/*)")
     pc = sub.add_parser("check")
     pc.add_argument("data")
     pc.add_argument("--out", default="runs/cpu-check")
@@ -199,6 +239,9 @@ def main() -> None:
     elif args.mode == "sweep":
         torch.set_num_threads(args.threads)
         print(sweep(args))
+    elif args.mode == "order":
+        torch.set_num_threads(1)
+        print(order(args))
     else:
         print(check(args))
 

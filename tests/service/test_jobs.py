@@ -25,6 +25,7 @@ from PIL import Image
 
 from index import ArtifactStore
 from service.app import create_app
+from service.improve import keep_improving, next_epochs
 from service.settings import Settings
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
@@ -254,6 +255,23 @@ def test_warm_start_fine_tunes_the_live_model_from_its_embeddings(stack):
     r = client.post("/jobs/train", json={"resume": "0123456789ab", "epochs": 3}, headers=KEY)
     gone = finished(client, r.json()["job_id"])
     assert gone["state"] == "failed" and "no checkpoint" in gone["error"]
+
+
+def test_background_trainer_resumes_the_run_in_stages_up_to_the_full_epochs(stack, serve):
+    client, settings, _, _ = stack
+    r = client.post("/jobs/train", json={"epochs": 1, "publish": "always"}, headers=KEY)
+    first = finished(client, r.json()["job_id"])
+    assert first["state"] == "succeeded", first
+    lines: list[str] = []
+    with serve(settings) as base:
+        last = keep_improving(base, KEY, first, lambda: True, full=3, say=lines.append)
+    assert last["state"] == "succeeded" and last["metrics"]["train_config"]["epochs"] == 3, last
+    assert len(lines) == 3 and "to 3 epochs" in lines[0], lines
+    assert lines[1].startswith("epoch 2/3: self-retrieval top-1") and f"kept {first['version']}" in lines[1]
+    assert lines[2].startswith("epoch 3/3:")  # the margin (IMPROVE_MARGIN) keeps every stage back here
+    log = (settings.artifacts_dir / "runs" / first["id"] / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2, 3]
+    assert next_epochs(1, 200) == 2 and next_epochs(12, 200) == 24 and next_epochs(150, 200) == 200
 
 
 def test_index_job_reembeds_new_files_with_the_live_model(stack):

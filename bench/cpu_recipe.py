@@ -4,6 +4,7 @@
     python bench/cpu_recipe.py sweep --limit 2500    # recipe variants at a fixed compute budget, vs raw pixels
     python bench/cpu_recipe.py check FOLDER          # the job's CPU default on a whole folder, vs raw pixels
     python bench/cpu_recipe.py order RUN...          # label-free quality beside kNN for finished runs
+    python bench/cpu_recipe.py warm                  # warm start vs scratch on a collection that grew
 
 Budgets are counted in a unit that does not move when other processes share the cores: training images
 processed. The reference backbone (the jobs' old default) gets 250 images per budget second (its measured rate),
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -161,14 +163,19 @@ def check(args) -> str:
     from service.settings import load_settings
 
     ds = open_dataset(args.data, "train")
-    cfg = training_config(load_settings(), {}, len(ds), cuda=False)
+    overrides = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    settings = load_settings(collection_root=Path(args.data) if Path(args.data).is_dir() else Path.cwd(),
+                             artifacts_dir=Path(args.out))
+    cfg = training_config(settings, overrides, len(ds), cuda=False)
     cfg = cfg.replace(data=args.data, out=args.out, progress=False, knn_every=0)
     pixels = raw_pixels_knn(ds, cfg.temperature)
     t = time.perf_counter()
     metrics = train(cfg, resume=False)
     wall = time.perf_counter() - t
     train_s = metrics["train_seconds"]
-    return (f"`{args.data}`, {len(ds)} images; CPU default: {cfg.arch} width {cfg.width}, {cfg.epochs} epochs, "
+    return (f"`{args.data}`, {len(ds)} images; CPU default{' with ' + ' '.join(args.set) if args.set else ''}: "
+            f"{cfg.arch} width {cfg.width}, {cfg.epochs} epochs, "
             f"batch {cfg.batch_size}, bank_init {cfg.bank_init}, lr {cfg.lr}, warm-up {cfg.warmup_epochs}; "
             f"training {train_s:.0f} s, whole run {wall:.0f} s (shared machine)\n\n"
             "| features | kNN top-1 | 1-NN |\n| --- | --- | --- |\n"
@@ -203,6 +210,34 @@ def order(args) -> str:
             f"Kendall {tau:.2f}")
 
 
+def warm(args) -> str:
+    """Warm start vs from scratch at the same budget, on a collection that grew from --before to --after images."""
+    from service.pipeline import CPU_IMAGES_PER_S, CPU_RECIPE
+    from service.promotion import export_quality
+
+    recipe = {**OLD_DEFAULT, **CPU_RECIPE}
+    out = Path(args.out)
+
+    def run(name: str, limit: int, **extra) -> dict:
+        epochs = max(1, round(args.budget_s * CPU_IMAGES_PER_S / limit))
+        cfg = TrainConfig(**{**recipe, **extra}, data=args.data, limit=limit, epochs=epochs, out=str(out / name),
+                          knn_every=0, progress=False)
+        metrics = train(cfg, resume=False)
+        q = export_quality(out / name / "export", open_dataset(args.data, "train", limit), torch.device("cpu"))
+        return {"name": name, "n": limit, "epochs": epochs, "top1": metrics["knn"]["top1@200"], "q": q}
+
+    rows = [run("before", args.before)]
+    start = str(out / "before" / "export" / "model.pt")
+    rows.append(run("grown, from scratch", args.after))
+    rows.append(run("grown, warm start (init: live)", args.after, init_model=start, bank_init="features"))
+    lines = [f"| {r['name']} | {r['n']} | {r['epochs']} | {r['top1']:.2f} | {r['q']['self_top1']:.1f} | "
+             f"{r['q']['self_top10']:.1f} |" for r in rows]
+    return (f"`{args.data}`: the first {args.before} images, then the first {args.after}; each run trains the CPU "
+            f"recipe for the epochs {args.budget_s:.0f} s buy at {CPU_IMAGES_PER_S:.0f} images/s\n\n"
+            "| version | images | epochs | kNN top-1 | self top-1 | self top-10 |\n"
+            "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(lines))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="mode", required=True)
@@ -222,9 +257,16 @@ def main() -> None:
     ps.add_argument("--out", default="runs/cpu-recipe")
     po = sub.add_parser("order")
     po.add_argument("runs", nargs="+", help="run folders with an export/ (e.g. runs/cpu-recipe/*)")
+    pw = sub.add_parser("warm")
+    pw.add_argument("--data", default="cifar10:/work/shared/data/cifar10")
+    pw.add_argument("--before", type=int, default=2000)
+    pw.add_argument("--after", type=int, default=2500)
+    pw.add_argument("--budget-s", type=float, default=60.0)
+    pw.add_argument("--out", default="runs/cpu-warm")
     pc = sub.add_parser("check")
     pc.add_argument("data")
     pc.add_argument("--out", default="runs/cpu-check")
+    pc.add_argument("--set", nargs="*", default=[], help="overrides of the job's config, key=value (YAML values)")
     args = p.parse_args()
     print(f"Machine: {machine()}  \nCommand: `python {' '.join(sys.argv)}`  \n"
           f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
@@ -239,6 +281,9 @@ def main() -> None:
     elif args.mode == "sweep":
         torch.set_num_threads(args.threads)
         print(sweep(args))
+    elif args.mode == "warm":
+        torch.set_num_threads(1)
+        print(warm(args))
     elif args.mode == "order":
         torch.set_num_threads(1)
         print(order(args))

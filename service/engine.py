@@ -38,6 +38,7 @@ from trainer.embed import Embedder
 
 from .collection import display_path
 from .metrics import Metrics
+from .scores import ScoreScale
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +80,16 @@ class Added:
 class LiveVersion:
     """A loaded version: searcher + embedder + when it went live. Read-only, shared by all requests."""
 
-    def __init__(self, loaded: LoadedVersion, embedder: Embedder):
+    def __init__(self, loaded: LoadedVersion, embedder: Embedder, score_scale: ScoreScale | None = None):
+        """score_scale: the previous version's, when this one shares its model and base segment (an add)."""
         self.loaded = loaded
         self.version = loaded.version
         self.directory = loaded.directory
         self.manifest = loaded.manifest
         self.searcher = loaded.searcher
         self.embedder = embedder
+        # cosines of random pairs of this version's images: a hit's cosine -> percentile (service/scores.py)
+        self.score_scale = score_scale or ScoreScale.of_vectors(self.searcher.vectors)
         self.loaded_at = datetime.now(timezone.utc)
 
     @property
@@ -105,6 +109,14 @@ class LiveVersion:
     @property
     def delta_size(self) -> int:
         return self.searcher.delta.size
+
+    @property
+    def quality(self) -> dict | None:
+        return ((self.manifest.get("training") or {}).get("metrics") or {}).get("quality")
+
+    @property
+    def knn(self) -> dict | None:
+        return ((self.manifest.get("training") or {}).get("metrics") or {}).get("knn")
 
     def item(self, image_id: int) -> ItemMeta | None:
         metadata = self.searcher.metadata
@@ -261,9 +273,9 @@ class Engine:
         files = loaded.manifest["files"]
         digest = (files["model.pt"]["sha256"], files["preprocess.json"]["sha256"])
         if old is not None and old.model_digest == digest:  # same model (e.g. after an add): reuse it
-            new = LiveVersion(loaded, old.embedder)
             if loaded.searcher.segment is old.searcher.segment:  # an add or delete: only the delta is new, and
-                return new  # its vectors were checked (finite unit rows of the right size) when written
+                return LiveVersion(loaded, old.embedder, old.score_scale)  # its vectors were checked when written
+            new = LiveVersion(loaded, old.embedder)
         else:
             new = LiveVersion(loaded, Embedder.from_dir(loaded.directory, self.device))
         new.validate()

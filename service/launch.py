@@ -155,6 +155,7 @@ def _follow_job(base: str, headers: dict, job_id: str, children: list[Child]) ->
 
 
 def run_up(args: argparse.Namespace) -> int:
+    from .improve import keep_improving
     from .settings import SettingsError, load_settings
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, even where a shell started us ignoring it
@@ -201,9 +202,10 @@ def run_up(args: argparse.Namespace) -> int:
         base = f"http://{args.host}:{args.port}"
         _wait_healthy(base, api)
         headers = {"X-API-Key": env["NPID_API_KEY"]}
+        first_job = None
         if httpx.get(base + "/ready", timeout=5).status_code != 200:
             job_id = _start_first_job(settings, folder, base, headers)
-            job = _follow_job(base, headers, job_id, children)
+            job = first_job = _follow_job(base, headers, job_id, children)
             if job["state"] != "succeeded":
                 raise SystemExit(f"the first training job {job['state']}: {job.get('error')}")
             knn = (job.get("metrics") or {}).get("knn")
@@ -216,9 +218,15 @@ def run_up(args: argparse.Namespace) -> int:
         print(f"\nnpid-search is live: version {ready['version']}, {ready['collection_size']} images\n"
               f"  web page:  {base}/\n  API docs:  {base}/docs\n"
               f"A process that dies is restarted. Ctrl-C stops everything started here.")
-        while True:
+
+        def supervise() -> bool:  # the background trainer's poll keeps the children supervised too
             for child in children:
                 child.tick()
+            return True
+
+        if first_job is not None and settings.keep_training:  # service/improve.py
+            keep_improving(base, headers, first_job, supervise)
+        while supervise():
             time.sleep(0.5)
     except KeyboardInterrupt:
         print("\nstopping")
@@ -230,20 +238,24 @@ def run_up(args: argparse.Namespace) -> int:
 
 def _start_first_job(settings: Settings, folder: Path, base: str, headers: dict) -> str:
     """Queue the first training job on FOLDER (or follow the one already queued); its id."""
+    from trainer import policy
     from trainer.data import scan_folder
     from trainer.distributed import local_device
 
     from .pipeline import training_config
 
     try:
-        n = len(scan_folder(folder))
+        files = scan_folder(folder).paths
     except ValueError as e:  # an empty folder: say so, not a traceback
         raise SystemExit(f"nothing to train on: {e}") from None
+    n = len(files)
     device = local_device(settings.train_device)
-    cfg = training_config(settings, {}, n, device.type == "cuda")
-    print(f"no version yet: training a first one on {folder} ({n} images; {device}: {cfg.arch} width {cfg.width}, "
-          f"{cfg.epochs} epochs" + (f", a CPU budget of about {settings.cpu_train_minutes:g} min; with a "
-                                    "GPU the paper's full recipe runs)" if device.type == "cpu" else ")"))
+    short_side = policy.median_short_side([folder / p for p in files])
+    cfg = training_config(settings, {}, n, device.type == "cuda", short_side)
+    budget = (f", a CPU budget of about {settings.cpu_train_minutes:g} min; with a GPU the paper's full recipe runs)"
+              if device.type == "cpu" else ")")
+    print(f"no version yet: training a first one on {folder} ({n} images; {device}: {cfg.arch} width {cfg.width} "
+          f"at {cfg.image_size} px, {cfg.epochs} epochs{budget}")
     r = httpx.post(base + "/jobs/train", headers=headers, timeout=10)
     if r.status_code == 409:
         print(f"a job is already running ({r.json()['job_id']}): following it")

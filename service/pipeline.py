@@ -1,8 +1,9 @@
 """What the background jobs do, free of Celery and HTTP: retrain + index + publish, or re-embed + publish.
 
 Only a complete, validated version is ever published: the index is built unpublished, the job checks for
-a cancel request, then `ArtifactStore.publish` moves CURRENT in one atomic step. The API's engine picks the
-new version up by itself (it polls CURRENT).
+a cancel request and its lease, the promotion gate compares its label-free quality with the live version's
+(service/promotion.py), then `ArtifactStore.publish_rebased` moves CURRENT in one atomic step, carrying the
+uploads and deletes made meanwhile. The API's engine picks the new version up by itself (it polls CURRENT).
 """
 
 from __future__ import annotations
@@ -19,60 +20,79 @@ from index import ArtifactStore, Embed, IndexConfig
 from trainer import policy
 from trainer.cache import cached_folder
 from trainer.config import TrainConfig
-from trainer.data import scan_folder
+from trainer.data import ImageFolder, scan_folder
 from trainer.distributed import local_device
 from trainer.embed import embed_dataset, load_model_and_config, write_export
 from trainer.preprocess import Preprocess
+from trainer.quality import record_in_export
 from trainer.train import TrainingCancelled, train
 
 from .collection import file_embedder
 from .jobs import Job, JobStore
+from .promotion import current_version, decide, export_quality, live_quality
 from .reporter import JobReporter, run_job
 from .runs import carry_from
 from .settings import Settings
+from .warmstart import JobRequest, resumed_config, warm_start_config
 
 log = logging.getLogger(__name__)
 
-CPU_IMAGES_PER_S = 250.0  # ResNet-18 width 16 at 32 px, one worker thread, with augmentation (docs/jobs-benchmark.md)
 SOFTMAX_MAX_IMAGES = 200_000  # up to here jobs train with the exact softmax (B x n logits per step)
+
+# The CPU recipe (docs/cpu-recipe.md measures each choice at a fixed compute budget). Where it differs from
+# the paper: the airnet backbone instead of ResNet-18 (faster per image: more epochs in the budget), the
+# memory bank filled with the network's own embeddings before the first step instead of random vectors,
+# a cosine schedule sized to the budget instead of 200 epochs with steps.
+CPU_RECIPE: dict[str, Any] = {"arch": "airnet", "width": 32, "bank_init": "features", "schedule": "cosine",
+                              "batch_size": 128, "lr": 0.03}
+# training images/s of the recipe's backbone at 32 px on one worker thread, with augmentation: 1.84 x the 250
+# of the width-16 ResNet-18 measured by docs/jobs-benchmark.md, a ratio measured side by side (docs/cpu-recipe.md)
+CPU_IMAGES_PER_S = 460.0
+MAX_CPU_EPOCHS = 50
 
 
 def training_config(settings: Settings, overrides: dict[str, Any], n_images: int, cuda: bool,
                     short_side: int | None = None) -> TrainConfig:
     """The job's TrainConfig: file defaults (NPID_TRAIN_CONFIG), then the machine's budget, then overrides.
 
-    With a GPU: the paper's recipe (ResNet-18, 200 epochs). On a CPU: a narrow ResNet-18 and as many
-    epochs as fit NPID_CPU_TRAIN_MINUTES, so a first version is live in minutes. Collections up to
-    SOFTMAX_MAX_IMAGES use the exact softmax (tau 0.1, Table 1's best row) instead of NCE.
-    Resolution and architecture come from trainer/policy.py (the collection's median short side).
+    With a GPU: the paper's recipe (ResNet-18, 200 epochs). On a CPU: CPU_RECIPE and as many epochs as fit
+    NPID_CPU_TRAIN_MINUTES, so a first version is live in minutes (a width set by the file or the request
+    scales the rate by the square of the width ratio, a larger input by its pixel cost). Collections up to
+    SOFTMAX_MAX_IMAGES use the exact softmax (tau 0.1, Table 1's best row) instead of NCE. Resolution, stem
+    and the other "auto" fields come from trainer/policy.py (the collection's median short side).
     """
     base = TrainConfig.from_file(settings.train_config).to_dict() if settings.train_config else {}
     if cuda:
         budget: dict[str, Any] = {}
     else:
-        width = base.get("width", 16)
-        epochs = int(settings.cpu_train_minutes * 60 * CPU_IMAGES_PER_S * (16 / width) ** 2 / max(n_images, 1))
-        budget = {"width": width, "epochs": max(1, min(epochs, 50)), "schedule": "cosine"}
+        width = overrides.get("width", base.get("width", CPU_RECIPE["width"]))
+        rate = CPU_IMAGES_PER_S * (CPU_RECIPE["width"] / width) ** 2
+        epochs = settings.cpu_train_minutes * 60 * rate / max(n_images, 1)
+        budget = {**CPU_RECIPE, "width": width, "epochs": epochs}
     if n_images <= SOFTMAX_MAX_IMAGES:  # exact softmax: the paper's best row, and stable on small collections
         budget.update(objective="softmax", temperature=0.1)
     merged = {**TrainConfig().to_dict(), **budget, **base, **overrides}
+    merged["epochs"] = int(merged["epochs"])
     merged["negatives"] = max(1, min(merged["negatives"], n_images - 1))
     merged["knn_every"] = base.get("knn_every", 5)
     cfg = policy.resolve(TrainConfig.from_dict(merged), short_side, cuda)
-    if not cuda and "epochs" not in {**base, **overrides}:  # the budget was measured at 32 px, CIFAR stem
-        cost = policy.cost_per_image(cfg.image_size, cfg.stem)
-        cfg = cfg.replace(epochs=max(1, min(int(budget["epochs"] / cost), 50)))
+    if not cuda and "epochs" not in {**base, **overrides}:  # the rate was measured at 32 px
+        cost = policy.cost_per_image(cfg.image_size, cfg.stem, cfg.arch)
+        cfg = cfg.replace(epochs=max(1, min(int(budget["epochs"] / cost), MAX_CPU_EPOCHS)))
     return cfg
 
 
 def publish_unless_cancelled(store: ArtifactStore, export_dir: Path, reporter: JobReporter, carry_from: int,
-                             embed: Embed) -> str:
-    """Index the export, then publish it rebased onto what was published since the job began (carry_from: the
-    store's next id then): images added meanwhile are embedded with the new model and kept, deletions stay."""
+                             embed: Embed, publish: bool = True) -> str:
+    """Index the export, then (unless the gate said no) publish it rebased onto what was published since the job
+    began (carry_from: the store's next id then): images added meanwhile are embedded with the new model and
+    kept, deletions stay. A version kept back stays in the store, to be published by hand."""
     reporter.phase("indexing")
     version = store.build(export_dir, IndexConfig(), publish=False)
     if reporter.cancel_requested():
         raise TrainingCancelled("cancelled before publishing")
+    if not publish:
+        return version
     reporter.phase("publishing", version=version)
     reporter.fence()  # only the lock's holder publishes (LeaseLost otherwise)
     return store.publish_rebased(version, carry_from, embed)
@@ -99,27 +119,55 @@ def image_cache_dir(settings: Settings) -> Path:
     return settings.artifacts_dir / "image-cache"
 
 
+def _job_config(settings: Settings, job: Job, request: JobRequest, store: ArtifactStore, device: torch.device
+                ) -> tuple[Path, TrainConfig]:
+    """(run folder, config) of a train job: a new run, the job's own run again (POST /jobs/<id>/resume after its
+    worker died), or an earlier run continued to more epochs (`"resume": RUN`, the background trainer)."""
+    runs = settings.artifacts_dir / "runs"
+    if job.resume:  # the run's own recipe, so that its checkpoint matches
+        return runs / job.id, TrainConfig.from_file(runs / job.id / "config.yaml")
+    if request.resume:
+        return runs / request.resume, resumed_config(runs / request.resume, request.overrides)
+    run = runs / job.id
+    files = scan_folder(settings.collection_root).paths
+    short = policy.median_short_side([settings.collection_root / p for p in files])
+    cfg = training_config(settings, request.overrides, len(files), device.type == "cuda", short)
+    cfg = cfg.replace(data=str(settings.collection_root), out=str(run), device=str(device), progress=False,
+                      cache_dir=cfg.cache_dir or str(image_cache_dir(settings)),
+                      extra={**cfg.extra, "images": len(files)})
+    if request.init == "live":
+        cfg = warm_start_config(cfg, store, run)
+    return run, cfg
+
+
 def _train(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, dict]:
     _configure_threads(settings)
     reporter.phase("loading")
+    request = JobRequest.of(job.params)
     store = ArtifactStore(settings.artifacts_dir)
     device = local_device(settings.train_device)  # CUDA is first touched here, inside the task
-    run = settings.artifacts_dir / "runs" / job.id
-    if job.resume:  # POST /jobs/<id>/resume: the run's own recipe, so that its checkpoint matches
-        cfg = TrainConfig.from_file(run / "config.yaml")
-    else:
-        files = scan_folder(settings.collection_root).paths
-        short = policy.median_short_side([settings.collection_root / p for p in files])
-        cfg = training_config(settings, job.params, len(files), device.type == "cuda", short)
-    cfg = cfg.replace(data=str(settings.collection_root), out=str(run), device=str(device), progress=False,
-                      cache_dir=cfg.cache_dir or str(image_cache_dir(settings)))
-    first_new_id = carry_from(run) if job.resume else carry_from(run, store.next_id())
-    log.info("job %s: training %s%s", job.id, cfg.to_dict(), " (resumed)" if job.resume else "")
-    metrics = train(cfg, on_progress=reporter.progress, should_stop=reporter.should_stop, resume=job.resume)
+    run, cfg = _job_config(settings, job, request, store, device)
+    continuing = job.resume or request.resume is not None
+    first_new_id = carry_from(run) if continuing else carry_from(run, store.next_id())
+    log.info("job %s: training %s%s", job.id, cfg.to_dict(), " (resumed)" if continuing else "")
+    metrics = train(cfg, on_progress=reporter.progress, should_stop=reporter.should_stop, resume=continuing)
+
+    reporter.phase("measuring")
+    ds = ImageFolder(settings.collection_root)
+    ds.validate()
+    quality = export_quality(run / "export", ds, device)
+    record_in_export(run / "export", quality)
+    live = current_version(store)
+    live_q = None if live is None else live_quality(live, ds, quality["key"], device)
+    margin = settings.improve_margin if request.resume else 0.0
+    decision = decide(quality, live_q, request.publish, margin)
+    log.info("job %s: %s", job.id, decision.reason)
+    # the run folder (and its checkpoint) stays: the background trainer continues it; service/runs.py cleans
     version = publish_unless_cancelled(store, run / "export", reporter, first_new_id,
-                                       file_embedder(settings.collection_root, str(device)))
-    (run / "checkpoint.pt").unlink(missing_ok=True)  # the version holds the model; keep the logs and pictures
-    return version, {**metrics, "train_config": cfg.to_dict()}
+                                       file_embedder(settings.collection_root, str(device)), decision.publish)
+    return version, {**metrics, "quality": quality, "live_quality": live_q, "published": decision.publish,
+                     "gate": decision.reason, "live_version": None if live is None else live.version,
+                     "run": run.name, "train_config": cfg.to_dict()}
 
 
 def _reindex(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, dict]:

@@ -11,6 +11,8 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+from .jobs import Job
+
 log = logging.getLogger(__name__)
 
 
@@ -20,6 +22,18 @@ def runs_dir(artifacts_dir: Path) -> Path:
 
 def checkpoint_of(artifacts_dir: Path, job_id: str) -> Path:
     return runs_dir(artifacts_dir) / job_id / "checkpoint.pt"
+
+
+def runs_to_keep(recent: list[Job], starting: Job) -> set[str]:
+    """Run folders worth keeping when `starting` begins: its own, the run it continues, every failed training
+    run (POST /jobs/<id>/resume continues it), and the latest succeeded training run (the background trainer
+    continues it; `"run"` in its metrics names it)."""
+    keep = {starting.id, starting.params.get("resume")}
+    keep |= {j.id for j in recent if j.kind == "train" and j.state == "failed"}
+    latest = next((j for j in recent if j.kind == "train" and j.state == "succeeded"), None)  # recent: newest first
+    if latest is not None:
+        keep.add((latest.metrics or {}).get("run", latest.id))
+    return {k for k in keep if k}
 
 
 def clean_runs(artifacts_dir: Path, keep: Iterable[str]) -> list[str]:

@@ -24,7 +24,9 @@ class ValidationErrorResponse(ErrorResponse):
 
 class SearchHit(BaseModel):
     id: int = Field(description="image id in the collection")
-    score: float = Field(description="cosine similarity to the query, in [-1, 1]")
+    score: float = Field(description="cosine similarity to the query, in [-1, 1], full precision")
+    percentile: float = Field(description="share (%) of random pairs of the collection less similar than this "
+                                          "hit: readable when cosines crowd near 1 (service/scores.py)")
     path: str = Field(description="path relative to the collection root")
     label: str | None = Field(None, description="class label, when the collection has labels")
     image_url: str
@@ -101,3 +103,6 @@ class Ready(BaseModel):
     collection_size: int
     dim: int = Field(description="embedding size")
     loaded_at: str = Field(description="when this version went live (UTC, ISO 8601)")
+    quality: dict | None = Field(None, description="label-free quality measured at publish (trainer/quality.py): "
+                                                   "self_top1, self_top10, alignment, uniformity, sample_size")
+    knn: dict | None = Field(None, description="leave-one-out kNN of the collection, when its folders are labels")

@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     train_config: Path | None = None  # YAML/JSON of TrainConfig fields: the jobs' recipe defaults
     cpu_train_minutes: float = Field(4.0, gt=0)  # CPU-only hosts: epochs are chosen to fit about this long
     worker_threads: int = Field(0, ge=0)  # torch threads of a training job; 0 = all cores but one (the API's)
+    keep_training: bool = True  # `npid up`: after the first version, go on training and publish improvements
+    improve_margin: float = Field(1.0, ge=0)  # points of self-retrieval top-1 a background version must gain
     jobs_lock_ttl_s: float = Field(60.0, gt=1)  # a running job's lease; a dead worker's job fails after it
     jobs_heartbeat_s: float = Field(5.0, gt=0)  # how often a running job renews its lease and progress
     jobs_time_limit_s: float = Field(48 * 3600.0, gt=0)  # a job running longer stops and fails (resumable)

@@ -17,7 +17,7 @@ from celery import signals
 from .jobs import JobStore, JobsUnavailable
 from .pipeline import run_index_job, run_train_job
 from .queue import INDEX_TASK, QUEUE, TRAIN_TASK, make_celery
-from .runs import clean_runs
+from .runs import clean_runs, runs_to_keep
 from .settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -63,9 +63,8 @@ def _run(job_id: str, body) -> None:
     if job is None:
         log.info("job %s is cancelled, finished or unknown: skipped", job_id)
         return
-    try:  # earlier runs: only failed training runs stay, for resume
-        keep = {j.id for j in jobs.recent(settings.jobs_history) if j.kind == "train" and j.state == "failed"}
-        clean_runs(settings.artifacts_dir, keep | {job.id})
+    try:
+        clean_runs(settings.artifacts_dir, runs_to_keep(jobs.recent(settings.jobs_history), job))
     except JobsUnavailable as e:
         log.warning("run folders not cleaned this time: %s", e)
     body(settings, jobs, job)

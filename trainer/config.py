@@ -21,6 +21,7 @@ from . import policy
 Objective = Literal["softmax", "nce", "infonce", "parametric"]
 Schedule = Literal["step", "cosine"]
 DataPath = Literal["auto", "device", "loader"]
+BankInit = Literal["random", "features"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class TrainConfig:
     width: int = 0  # first-stage channels (64: torchvision's); 0: policy (64), narrower for CPU budgets
     stem: str = "auto"  # cifar (3x3, no pool) | imagenet (7x7/2 + pool) | auto: policy (cifar up to 64 px)
     dim: int = 128  # embedding size (paper: 128)
+    init_model: str = ""  # model.pt to start from (warm start from a published version); "": random init
 
     # --- objective ---
     objective: Objective = "nce"  # softmax: exact over all n; nce: m noise samples; infonce; parametric
@@ -83,6 +85,7 @@ class TrainConfig:
     negatives: int = 4096  # m, noise samples per positive (nce, infonce)
     z_momentum: float = 0.0  # 0: Z fixed after the first batch (paper); >0: running average of Z
     bank_momentum: float = 0.5  # m in v <- normalize(m v + (1 - m) f)
+    bank_init: BankInit = "random"  # random unit vectors (paper) | features: the network's embeddings at step 0
     proximal: float = 0.0  # lambda of Eq. 9 (paper: 30 in its proximal experiments; 0 = off)
 
     # --- optimisation ---
@@ -122,6 +125,8 @@ class TrainConfig:
             problems.append(f"unknown objective {self.objective!r}")
         if self.schedule not in ("step", "cosine"):
             problems.append(f"unknown schedule {self.schedule!r}")
+        if self.bank_init not in ("random", "features"):
+            problems.append(f"unknown bank_init {self.bank_init!r}")
         if self.data_path not in ("auto", "device", "loader"):
             problems.append(f"unknown data_path {self.data_path!r}")
         for name in ("epochs", "batch_size", "dim"):

@@ -1,4 +1,5 @@
-"""Encoder: any torchvision ResNet, the CIFAR stem for small images, a linear head to d, L2-normalised."""
+"""Encoder: any torchvision ResNet (the CIFAR stem for small images) or the small `airnet` for CPU budgets,
+a linear head to d, L2-normalised."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def cifar_stem(backbone: nn.Module) -> nn.Module:
 def resnet(arch: str, width: int = 64) -> nn.Module:
     """A torchvision ResNet with random init; `width` scales every stage (64 = torchvision's)."""
     if not arch.startswith("resnet") or not hasattr(torchvision.models, arch):
-        raise ValueError(f"unknown backbone {arch!r}: use a torchvision ResNet (resnet18, resnet50, ...)")
+        raise ValueError(f"unknown backbone {arch!r}: use a torchvision ResNet (resnet18, resnet50, ...) or airnet")
     net = getattr(torchvision.models, arch)(weights=None)
     if width != 64:  # rebuild with narrower stages, same block type and depth
         block = type(net.layer1[0])
@@ -56,6 +57,34 @@ class _ScaledResNet(torchvision.models.ResNet):
         init_like_torchvision(self)
 
 
+def conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
+
+
+class AirNet(nn.Module):
+    """A small, fast backbone for CPU budgets, after KellerJordan/cifar10-airbench (airbench94's net).
+
+    stem conv, then three groups of conv -> 2x2 max-pool -> conv (BN + GELU after each conv), channels
+    (w, 2w, 4w), global max-pool. Seven 3x3 convs, most of them at 1/4 or less of the input's pixels:
+    at 32 px and width 32 it costs about 1/3 of the multiply-adds of the width-16 ResNet-18 with the CIFAR
+    stem, and far fewer, larger kernels (docs/cpu-recipe.md). Not in the paper, which uses ResNets.
+    """
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        w1, w2, w3 = width, 2 * width, 4 * width
+        layers = conv_bn(3, w1 // 2)
+        for c_in, c_out in ((w1 // 2, w1), (w1, w2), (w2, w3)):
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(c_out),
+                       nn.GELU(), *conv_bn(c_out, c_out)]
+        self.features = nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(w3, 1000)  # replaced by the Encoder's head, as in a torchvision ResNet
+        init_like_torchvision(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))  # B x 3 x S x S -> B x 4w (fc is Identity inside an Encoder)
+
+
 class Encoder(nn.Module):
     """backbone -> features -> linear head -> L2-normalised d-dim embedding (fp32)."""
 
@@ -73,7 +102,9 @@ class Encoder(nn.Module):
 
 
 def build_encoder(arch: str, dim: int, image_size: int, width: int = 64, stem: str = "auto") -> Encoder:
-    """stem: cifar | imagenet | auto (trainer/policy.py: cifar for small images)."""
+    """stem: cifar | imagenet | auto (trainer/policy.py: cifar for small images); ResNets only."""
+    if arch == "airnet":
+        return Encoder(AirNet(width), dim)
     net = resnet(arch, width)
     if stem == "cifar" or (stem == "auto" and is_small(image_size)):
         net = cifar_stem(net)

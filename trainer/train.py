@@ -41,6 +41,7 @@ from .objective import NPIDObjective
 from .plots import plot_curves
 from .preprocess import Preprocess
 from .schedule import lr_at
+from .start import features_of_collection, load_initial_weights
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,15 @@ def make_feed(cfg: TrainConfig, ds, pre: Preprocess, device: torch.device, d: Di
     return LoaderFeed(ds, pre, cfg.augmentation, cfg.batch_size, cfg.seed, device, d, cfg.workers)
 
 
+def start_state(cfg: TrainConfig, encoder: Encoder, objective: NPIDObjective, feed, pre: Preprocess,
+                device) -> None:
+    """A fresh run's starting point: optional published weights, optional bank of the network's features."""
+    if cfg.init_model:
+        load_initial_weights(encoder, cfg.init_model, cfg.arch, cfg.dim, cfg.width)
+    if cfg.bank_init == "features":
+        objective.bank.vectors.copy_(features_of_collection(encoder, feed, pre, device))  # N x D (this rank: all)
+
+
 def train(cfg: TrainConfig, on_progress: Callable[[Progress], None] | None = None,
           should_stop: Callable[[], bool] | None = None, resume: bool = True) -> dict:
     """Train NPID on cfg.data, evaluate, export. Returns the final metrics (also in metrics.json)."""
@@ -195,8 +205,10 @@ def train(cfg: TrainConfig, on_progress: Callable[[Progress], None] | None = Non
         check_same_run(torch.load(ckpt, map_location="cpu", weights_only=False)["config"], cfg, ckpt)
         start_epoch, history, _ = load_checkpoint(ckpt, learner=learner, optimizer=optimizer)
         log.info("resumed from %s at epoch %d", ckpt, start_epoch)
-    elif d.main:
-        (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
+    else:
+        start_state(cfg, learner.encoder, objective, feed, pre, device)
+        if d.main:
+            (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
     step_model: nn.Module = learner
     if d.enabled:
         step_model = nn.parallel.DistributedDataParallel(

@@ -54,11 +54,13 @@ async def thumbnail(pool: DecodePool, path: Path, px: int) -> bytes:
     return await pool.run(_budgeted_thumbnail, path, px)
 
 
-def hit(n: Neighbour) -> SearchHit:
-    return SearchHit(id=n.id, score=n.score, path=n.path, label=n.label, image_url=f"/images/{n.id}",
-                     thumbnail_url=f"/images/{n.id}/thumbnail")
+def hit(n: Neighbour, percentile: float) -> SearchHit:
+    return SearchHit(id=n.id, score=n.score, percentile=percentile, path=n.path, label=n.label,
+                     image_url=f"/images/{n.id}", thumbnail_url=f"/images/{n.id}/thumbnail")
 
 
 def answer(live: LiveVersion, neighbours: list[Neighbour], k: int, start: float) -> SearchResponse:
+    percentiles = live.score_scale.percentile([n.score for n in neighbours]) if neighbours else []
     return SearchResponse(version=live.version, k_requested=k, k_returned=len(neighbours),
-                          took_ms=(time.perf_counter() - start) * 1000.0, results=[hit(n) for n in neighbours])
+                          took_ms=(time.perf_counter() - start) * 1000.0,
+                          results=[hit(n, float(p)) for n, p in zip(neighbours, percentiles, strict=True)])

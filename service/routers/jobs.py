@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from celery import Celery
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from kombu.exceptions import OperationalError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..auth import READ, ReadAccess, WriteAccess, has_valid_key
 from ..deps import JobsDep, SettingsDep
@@ -37,7 +37,7 @@ class TrainOverrides(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     epochs: int | None = Field(None, ge=1, le=1000)
-    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] | None = None
+    backbone: Literal["airnet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] | None = None
     objective: Literal["softmax", "nce", "infonce", "parametric"] | None = None
     temperature: float | None = Field(None, gt=0, le=10)
     negatives: int | None = Field(None, ge=1, le=65536)
@@ -45,6 +45,19 @@ class TrainOverrides(BaseModel):
     image_size: int | None = Field(None, ge=8, le=512)  # px; default: trainer/policy.py, from the collection
     width: int | None = Field(None, ge=4, le=256)  # first-stage channels of the ResNet
     stem: Literal["cifar", "imagenet"] | None = None  # default: cifar up to 64 px (trainer/policy.py)
+    init: Literal["scratch", "live"] | None = Field(
+        None, description="live: fine-tune the live model, its embeddings filling the memory bank (warm start)")
+    publish: Literal["if_better", "always"] | None = Field(
+        None, description="if_better (default): publish only if the label-free quality is not below the live "
+                          "version's; always: publish regardless")
+    resume: str | None = Field(None, pattern=r"^[0-9a-f]{12}$",
+                               description="continue this run (a train job's id) to `epochs`; the background trainer")
+
+    @model_validator(mode="after")
+    def _one_starting_point(self) -> TrainOverrides:
+        if self.resume and self.init == "live":
+            raise ValueError("resume and init=live exclude each other: a resumed run keeps its own weights")
+        return self
 
     def to_config(self) -> dict[str, Any]:
         d = self.model_dump(exclude_none=True)

@@ -23,7 +23,7 @@ async def health() -> Health:
 async def ready(live: LiveVersion = Depends(get_live)) -> Ready:
     """A version is loaded and searchable."""
     return Ready(version=live.version, collection_size=live.size, dim=live.dim,
-                 loaded_at=live.loaded_at.isoformat(timespec="seconds"))
+                 loaded_at=live.loaded_at.isoformat(timespec="seconds"), quality=live.quality, knn=live.knn)
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})

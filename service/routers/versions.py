@@ -1,4 +1,6 @@
-"""The store's index versions: what each is (a model version or an add/delete), and rolling back to one."""
+"""The store's index versions: what each is (a model version or an add/delete) with its quality, and making a
+kept one current: a rollback, or the promotion by hand of a version the promotion gate held back
+(service/promotion.py)."""
 
 from __future__ import annotations
 
@@ -27,28 +29,30 @@ def entry(info: VersionInfo) -> VersionEntry:
     if m is None:
         return VersionEntry(version=info.version, current=info.current, kind="damaged", origin=None, model=None,
                             size=None, created=None, problem=info.problem)
+    metrics = (m.get("training") or {}).get("metrics")
     return VersionEntry(version=info.version, current=info.current, kind=info.kind, origin=m["origin"]["kind"],
                         model=m["files"]["model.pt"]["sha256"][:MODEL_DIGEST_CHARS], size=m["counts"]["vectors"],
-                        created=m["created"], quality=m.get("quality"),
-                        metrics=(m.get("training") or {}).get("metrics"))
+                        created=m["created"], quality=(metrics or {}).get("quality"), metrics=metrics)
 
 
 @router.get("", response_model=Versions, responses=INVALID, openapi_extra=READ, dependencies=[ReadAccess])
 async def list_versions(engine: EngineDep) -> Versions:
-    """Every version kept in the store, oldest first. Keep-N applies to model versions (trainings, re-indexes)
-    and, separately, to update versions (adds, deletes, compactions)."""
+    """Every version kept in the store, oldest first, with its label-free quality: compare before publishing one
+    by hand. Keep-N applies to model versions (trainings, re-indexes) and, separately, to update versions
+    (adds, deletes, compactions)."""
     infos = await run_in_threadpool(engine.store.list)
     return Versions(versions=[entry(i) for i in infos])
 
 
-@router.post("/{version}/rollback", response_model=Ready, dependencies=[WriteAccess],
+@router.post("/{version}/publish", response_model=Ready, dependencies=[WriteAccess],
              responses={**NO_VERSION, **INVALID, **WRITE_AUTH, **UNAVAILABLE})
-async def rollback(version: VersionName, engine: EngineDep, settings: SettingsDep) -> Ready:
-    """Serve a kept version's model and collection again, carrying what happened since: images deleted since
-    stay deleted, images added since are embedded with that model and keep their ids (a new version)."""
+async def publish_version(version: VersionName, engine: EngineDep, settings: SettingsDep) -> Ready:
+    """Serve a kept version's model and collection: roll back to an older version, or promote one a job built
+    but the promotion gate kept back. What happened since is carried: images deleted since stay deleted, images
+    added since are embedded with that model and keep their ids (then the answer names a new version)."""
     if version not in engine.store.versions():
         raise HTTPException(404, f"no version {version} in the store")
     embed = collection.file_embedder(settings.collection_root, engine.device)
     live = await run_in_threadpool(engine.rollback, version, embed)  # IndexStoreError, VersionRefused: errors.py
     return Ready(version=live.version, collection_size=live.size, dim=live.dim,
-                 loaded_at=live.loaded_at.isoformat())
+                 loaded_at=live.loaded_at.isoformat(), quality=live.quality, knn=live.knn)

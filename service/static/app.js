@@ -20,7 +20,8 @@ async function refreshStatus() {
     const response = await fetch("/ready");
     if (response.ok) {
       const ready = await response.json();
-      status.textContent = `version ${ready.version} · ${ready.collection_size} images`;
+      status.textContent = `version ${ready.version} · ${ready.collection_size} images` + qualityText(ready) +
+        await trainingText();
       status.classList.remove("down");
     } else {
       status.textContent = `not ready: ${await errorText(response)}`;
@@ -30,6 +31,40 @@ async function refreshStatus() {
     status.textContent = "server unreachable";
     status.classList.add("down");
   }
+}
+
+// label-free quality of the live version (trainer/quality.py), and leave-one-out kNN when there are labels
+function qualityText(ready) {
+  const q = ready.quality;
+  let text = q ? ` · self-retrieval top-1 ${q.self_top1.toFixed(1)}% (top-10 ${q.self_top10.toFixed(1)}%)` : "";
+  if (ready.knn) {
+    const top1 = Object.entries(ready.knn).find(([key]) => key.startsWith("top1@"));
+    if (top1) text += ` · kNN top-1 ${top1[1].toFixed(1)}%`;
+  }
+  return text;
+}
+
+// a training job running now (the background trainer after the first version, or one posted by hand)
+async function trainingText() {
+  try {
+    const response = await fetch("/jobs?limit=1");
+    if (!response.ok) return "";
+    const [job] = await response.json();
+    if (!job || job.state !== "running") return "";
+    const p = job.progress || {};
+    const epochs = p.epochs ? ` epoch ${p.epoch}/${p.epochs}` : "";
+    return ` · training in the background (${p.phase || "running"}${epochs})`;
+  } catch {
+    return "";
+  }
+}
+
+// cosines of a young model crowd near 1: show as many digits as it takes to tell the hits apart
+function scoreDigits(hits) {
+  const scores = hits.map((h) => h.score);
+  const spread = Math.max(...scores) - Math.min(...scores);
+  if (!(spread > 0)) return 4;
+  return Math.min(7, Math.max(3, 1 - Math.floor(Math.log10(spread))));
 }
 
 function showPreview(src) {
@@ -44,6 +79,7 @@ function render(answer, what) {
     `${answer.k_returned} of ${answer.k_requested} neighbours of ${what} · version ${answer.version} · ` +
     `${answer.took_ms.toFixed(1)} ms`;
   const grid = $("results");
+  const digits = scoreDigits(answer.results);
   grid.replaceChildren(...answer.results.map((hit) => {
     const item = document.createElement("li");
     item.className = "hit";
@@ -58,7 +94,8 @@ function render(answer, what) {
     meta.className = "meta";
     const score = document.createElement("span");
     score.className = "score";
-    score.textContent = hit.score.toFixed(3);
+    score.textContent = `${hit.score.toFixed(digits)} · p${hit.percentile.toFixed(2)}`;
+    score.title = `cosine ${hit.score} · closer than ${hit.percentile.toFixed(4)}% of random pairs of the collection`;
     const label = document.createElement("span");
     label.className = "label";
     label.textContent = hit.label ?? "";

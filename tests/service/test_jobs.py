@@ -4,13 +4,16 @@ a real Celery worker process (`npid worker`), the real app. Tiny model, tiny col
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -18,6 +21,7 @@ from processes import RedisServer, Worker, wait_for
 
 from index import ArtifactStore
 from service.app import create_app
+from service.improve import keep_improving, next_epochs
 from service.jobs import JobStore
 from service.runs import checkpoint_of
 from service.settings import Settings
@@ -26,6 +30,7 @@ pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="re
 
 KEY = {"X-API-Key": "test-key"}
 LOCK_TTL_S = 3.0
+IMPROVE_MARGIN = 100.0  # points: no resumed stage can gain that much, so its version is always kept back
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +50,8 @@ def stack(collection_template, store_template, tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NPID_COLLECTION_ROOT": str(collection),
            "NPID_ARTIFACTS_DIR": str(store), "NPID_REDIS_URL": server.url, "NPID_API_KEY": "test-key",
            "NPID_TRAIN_CONFIG": str(recipe), "NPID_TRAIN_DEVICE": "cpu", "NPID_WORKER_THREADS": "1",
-           "NPID_JOBS_LOCK_TTL_S": str(LOCK_TTL_S), "NPID_JOBS_HEARTBEAT_S": "0.3"}
+           "NPID_JOBS_LOCK_TTL_S": str(LOCK_TTL_S), "NPID_JOBS_HEARTBEAT_S": "0.3",
+           "NPID_IMPROVE_MARGIN": str(IMPROVE_MARGIN)}
     worker = Worker(env, tmp / "worker.log")
     worker.start()
     wait_for_worker(settings)
@@ -96,7 +102,7 @@ def current(settings: Settings) -> str | None:
 def test_train_job_publishes_a_version_that_search_then_uses(stack):
     client, settings, _, _ = stack
     before = search(client)["version"]
-    r = client.post("/jobs/train", json={"epochs": 40}, headers=KEY)  # long enough to watch it run
+    r = client.post("/jobs/train", json={"epochs": 40, "publish": "always"}, headers=KEY)  # long enough to watch
     assert r.status_code == 202, r.text
     job_id = r.json()["job_id"]
     seen = running_with_progress(client, job_id)
@@ -146,6 +152,73 @@ def test_two_concurrent_triggers_one_202_one_409_then_cancel(stack):
     again = client.post("/jobs/train", json={"epochs": 1}, headers=KEY)  # the lock is free again
     assert again.status_code == 202
     assert finished(client, again.json()["job_id"])["state"] == "succeeded"
+
+
+def test_gate_keeps_back_a_version_short_of_the_margin_and_it_can_be_published_by_hand(stack):
+    client, settings, _, _ = stack
+    r = client.post("/jobs/train", json={"epochs": 1, "publish": "always"}, headers=KEY)
+    first = finished(client, r.json()["job_id"])
+    assert first["state"] == "succeeded" and first["metrics"]["published"] is True, first
+    quality = first["metrics"]["quality"]
+    assert {"self_top1", "self_top10", "alignment", "uniformity", "sample_size", "key"} <= set(quality)
+    assert 0 <= quality["self_top1"] <= quality["self_top10"] <= 100
+    wait_for(lambda: client.get("/ready").json().get("version") == first["version"], 20, "API did not swap")
+    assert client.get("/ready").json()["quality"] == quality  # stored in the manifest at publish
+
+    # the next stage of the same run (the background trainer's request): resumed, measured, kept back
+    r = client.post("/jobs/train", json={"resume": first["id"], "epochs": 2}, headers=KEY)
+    assert r.status_code == 202, r.text
+    second = finished(client, r.json()["job_id"])
+    m = second["metrics"]
+    assert second["state"] == "succeeded" and m["published"] is False, second
+    assert m["live_version"] == first["version"] and m["live_quality"]["self_top1"] == quality["self_top1"]
+    assert m["quality"]["key"] == quality["key"] and "kept the live version" in m["gate"]
+    log = (settings.artifacts_dir / "runs" / first["id"] / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2]  # epoch 2 continued epoch 1, no restart
+    assert current(settings) == first["version"]
+    listed = {v["version"]: v for v in client.get("/versions").json()["versions"]}
+    assert not listed[second["version"]]["current"] and listed[second["version"]]["quality"] == m["quality"]
+
+    assert client.post(f"/versions/{second['version']}/publish").status_code == 401  # needs the key
+    assert client.post("/versions/v999999/publish", headers=KEY).status_code == 404
+    r = client.post(f"/versions/{second['version']}/publish", headers=KEY)
+    assert r.status_code == 200 and r.json()["version"] == second["version"], r.text
+    assert current(settings) == second["version"]
+    wait_for(lambda: client.get("/ready").json().get("version") == second["version"], 20, "API did not swap")
+
+
+def test_warm_start_fine_tunes_the_live_model_from_its_embeddings(stack):
+    client, settings, _, _ = stack
+    live = client.get("/ready").json()["version"]
+    assert client.post("/jobs/train", json={"init": "live", "resume": "0123456789ab"}, headers=KEY).status_code == 422
+    r = client.post("/jobs/train", json={"init": "live", "epochs": 1, "publish": "always"}, headers=KEY)
+    job = finished(client, r.json()["job_id"])
+    assert job["state"] == "succeeded", job
+    cfg = job["metrics"]["train_config"]
+    assert cfg["bank_init"] == "features" and cfg["extra"]["init_from_version"] == live
+    live_model = torch.load(ArtifactStore(settings.artifacts_dir).directory(live) / "model.pt", weights_only=True)
+    assert {k: cfg[k] for k in ("arch", "dim", "image_size", "width")} == live_model["model_config"]
+    assert Path(cfg["init_model"]).name == "init_model.pt"
+    r = client.post("/jobs/train", json={"resume": "0123456789ab", "epochs": 3}, headers=KEY)
+    gone = finished(client, r.json()["job_id"])
+    assert gone["state"] == "failed" and "no checkpoint" in gone["error"]
+
+
+def test_background_trainer_resumes_the_run_in_stages_up_to_the_full_epochs(stack, serve):
+    client, settings, _, _ = stack
+    r = client.post("/jobs/train", json={"epochs": 1, "publish": "always"}, headers=KEY)
+    first = finished(client, r.json()["job_id"])
+    assert first["state"] == "succeeded", first
+    lines: list[str] = []
+    with serve(settings) as base:
+        last = keep_improving(base, KEY, first, lambda: True, full=3, say=lines.append)
+    assert last["state"] == "succeeded" and last["metrics"]["train_config"]["epochs"] == 3, last
+    assert len(lines) == 3 and "to 3 epochs" in lines[0], lines
+    assert lines[1].startswith("epoch 2/3: self-retrieval top-1") and f"kept {first['version']}" in lines[1]
+    assert lines[2].startswith("epoch 3/3:")  # the margin (IMPROVE_MARGIN) keeps every stage back here
+    log = (settings.artifacts_dir / "runs" / first["id"] / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2, 3]
+    assert next_epochs(1, 200) == 2 and next_epochs(12, 200) == 24 and next_epochs(150, 200) == 200
 
 
 def test_index_job_reembeds_new_files_with_the_live_model(stack):

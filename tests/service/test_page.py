@@ -6,6 +6,7 @@ The screenshot lands in test-artifacts/service-page.png.
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def test_upload_shows_the_neighbour_grid(serve, make_settings, dirs):
             hits = page.locator("#results .hit")
             expect(hits).to_have_count(12)  # the page asks for 12 by default
             first = hits.first
-            expect(first.locator(".score")).to_have_text("1.000")
+            expect(first.locator(".score")).to_have_text(re.compile(r"^1\.0{3,7} · p100\.00$"))  # cosine, percentile
             expect(first.locator(".label")).to_have_text("checker")
             assert first.get_attribute("title") == "checker/0002.png"
             expect(page.locator("#summary")).to_contain_text("12 of 12 neighbours of 0002.png")

@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, UploadFile
 from fastapi.responses import FileResponse, Response
+from pydantic import WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 
 from index import NewItem
@@ -32,6 +33,8 @@ ImageId = Annotated[int, Path(ge=0, description="image id in the collection")]
 Label = Annotated[str | None, Form(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
                                    description="optional class label (a plain folder name)")]
 MAX_BATCH_FILES = 32  # files in one POST /images; each within NPID_MAX_UPLOAD_BYTES
+ImageUpload = Annotated[UploadFile, WithJsonSchema({"type": "string", "contentMediaType": "application/octet-stream",
+                                                   **IMAGE_FILE})]  # a file part of the form
 UNWRITABLE = "the server cannot store uploads in its collection folder"
 READ_ERRORS = {**NOT_FOUND, **INVALID, **UNAVAILABLE}
 NOT_MODIFIED = {304: {"description": "the client's copy (If-None-Match) is current"}}
@@ -112,17 +115,15 @@ def _added(a: Added) -> AddedImage:
     200: {"model": ImageAdded | ImagesAdded, "description": "every image was already in the collection"},
     **UPLOAD_ERRORS, **WRITE_AUTH}, dependencies=[WriteAccess, RateLimited])
 async def add_images(response: Response,
-                     file: Annotated[list[UploadFile], File(description=f"the image(s) to add: repeat the field "
-                                                                        f"for a batch, at most {MAX_BATCH_FILES}",
-                                                            json_schema_extra=IMAGE_FILE)],
+                     file: Annotated[list[ImageUpload], File(description=f"the image(s) to add: repeat the field "
+                                                                         f"for a batch, at most {MAX_BATCH_FILES}",
+                                                             min_length=1, max_length=MAX_BATCH_FILES)],
                      live: LiveDep, engine: EngineDep, decoder: DecoderDep, settings: SettingsDep,
                      label: Label = None) -> ImageAdded | ImagesAdded:
     """Add images to the collection folder and, as one new published version, to the index (embedded with the
     live model). Each is stored under <collection root>/<label or "uploads">/<content hash>.<ext>. Bytes the
     collection already holds (by SHA-256, wherever the file lies) are not added again: their existing id is
     answered. One file answers ImageAdded; several answer ImagesAdded, in request order."""
-    if len(file) > MAX_BATCH_FILES:
-        raise HTTPException(413, f"too many files: at most {MAX_BATCH_FILES} per request")
     decoded = []
     for upload in file:  # every file is checked before any is stored: a bad one refuses the whole batch
         data = await read_limited(upload, settings.max_upload_bytes)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from index import ArtifactStore, LoadedVersion
+from trainer import policy
 from trainer.data import ImageFolder
 from trainer.embed import embed_dataset, load_model_and_config
 from trainer.preprocess import Preprocess
@@ -59,7 +60,8 @@ def measure_model(encoder, pre: Preprocess, gallery: np.ndarray, ds: ImageFolder
     """Quality of (encoder, its embeddings of ds) on the fixed sample of ds; adds the sample's key."""
     ids = sample_ids(len(ds))
     images = load_sample(ds, ids, sample_side(pre))
-    figures = measure(encoder, images, ids, torch.from_numpy(gallery).to(device), pre, hflip=pre.image_size > 64)
+    figures = measure(encoder, images, ids, torch.from_numpy(gallery).to(device), pre,
+                      hflip=not policy.is_small(pre.image_size))
     return {**figures, "key": sample_key(ds.collection.paths, ids, figures["seed"])}
 
 

@@ -24,9 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .augment import DeviceAugment, Preprocess, device_eval
+from .augment import DeviceAugment, device_eval
+from .config import AugmentConfig
 from .data import ArrayImages, ImageFolder
 from .model import Encoder
+from .preprocess import Preprocess
 
 SAMPLE_SIZE = 1000  # images whose views are searched; standard error of a 50% rate: 1.6 points
 SAMPLE_SEED = 0
@@ -90,14 +92,14 @@ def measure(encoder: Encoder, images: np.ndarray, ids: np.ndarray, gallery: torc
     encoder.eval()
     device = gallery.device
     x = torch.from_numpy(images).to(device)  # S x H x W x 3 uint8
-    augment = DeviceAugment(pre, hflip)
-    g = torch.Generator().manual_seed(seed)
+    augment = DeviceAugment(pre, AugmentConfig(hflip=hflip))
+    g = torch.Generator(device=device).manual_seed(seed)
     params = augment.sample(len(x), x.shape[1], x.shape[2], g)
     views, plain = [], []
     for i in range(0, len(x), batch_size):
-        rows = torch.arange(i, min(i + batch_size, len(x)))
-        views.append(encoder(augment.apply(x[rows.to(device)], params.select(rows))).float())  # b x D
-        plain.append(encoder(device_eval(x[rows.to(device)], pre)).float())  # b x D
+        rows = slice(i, min(i + batch_size, len(x)))
+        views.append(encoder(augment.apply(x[rows], params.select(rows))).float())  # b x D
+        plain.append(encoder(device_eval(x[rows], pre)).float())  # b x D
     v, p = torch.cat(views), torch.cat(plain)  # S x D each
     own = torch.from_numpy(ids).to(device)
     return {**self_retrieval(v, gallery.float(), own), "alignment": alignment(v, p), "uniformity": uniformity(p),

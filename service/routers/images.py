@@ -82,7 +82,9 @@ async def similar(image_id: ImageId, live: LiveDep, engine: EngineDep, k: K = 10
 @router.post("", status_code=201, response_model=ImageAdded, responses={
     200: {"model": ImageAdded, "description": "the same image was already in the collection"},
     **UPLOAD_ERRORS, **WRITE_AUTH}, dependencies=[WriteAccess, RateLimited])
-async def add_image(response: Response, file: Annotated[UploadFile, File(description="the image to add", json_schema_extra=IMAGE_FILE)],
+async def add_image(response: Response,
+                    file: Annotated[UploadFile, File(description="the image to add (JPEG, PNG, WebP, GIF, BMP or "
+                                                                 "TIFF)", json_schema_extra=IMAGE_FILE)],
                     live: LiveDep, engine: EngineDep, decoder: DecoderDep, settings: SettingsDep,
                     label: Label = None) -> ImageAdded:
     """Add an image to the collection folder and, as a new published version, to the index (embedded with

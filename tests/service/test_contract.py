@@ -24,8 +24,8 @@ from service.jobs import JobStore
 REDIS_URL = "redis://127.0.0.1:6379/14"
 KEY = "contract-key"
 AUTH = {"X-API-Key": KEY}
-BOUNDED = settings(max_examples=12, deadline=None, derandomize=True, database=None,
-                   suppress_health_check=list(HealthCheck), stateful_step_count=6)
+BOUNDED = settings(max_examples=6, deadline=None, derandomize=True, database=None,
+                   suppress_health_check=list(HealthCheck), stateful_step_count=4)
 
 
 def image_file(fmt: str, width: int, height: int, pixel_seed: int) -> bytes:
@@ -102,4 +102,4 @@ def test_stateful_sequences_keep_the_contract(schema):
         def get_call_kwargs(self, case):
             return {"headers": AUTH}
 
-    run_state_machine_as_test(Authenticated, settings=settings(BOUNDED, max_examples=8))
+    run_state_machine_as_test(Authenticated, settings=settings(BOUNDED, max_examples=4))

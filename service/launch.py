@@ -100,6 +100,16 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> N
     raise SystemExit(f"the API did not answer on {url} within {timeout_s:.0f} s")
 
 
+def _post_first_job(base: str, headers: dict, children: list[subprocess.Popen], timeout_s: float = 120):
+    """POST /jobs/train, waiting (on 503 "no worker", Retry-After) for the worker just started to announce itself."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = httpx.post(base + "/jobs/train", headers=headers, timeout=10)
+        if r.status_code != 503 or time.monotonic() > deadline or any(p.poll() is not None for p in children):
+            return r
+        time.sleep(min(float(r.headers.get("Retry-After", 1)), 1.0))
+
+
 def _follow_job(base: str, headers: dict, job_id: str, children: list[subprocess.Popen]) -> dict:
     """A progress bar over the job's epochs until it ends; returns the final job record."""
     bar = tqdm(total=1, desc="first version", dynamic_ncols=True,
@@ -173,7 +183,7 @@ def run_up(args: argparse.Namespace) -> int:
             print(f"no version yet: training a first one on {folder} ({device}: {cfg.arch} width {cfg.width}, "
                   f"{cfg.epochs} epochs" + (f", a CPU budget of about {settings.cpu_train_minutes:g} min; with a "
                                             "GPU the paper's full recipe runs)" if device.type == "cpu" else ")"))
-            r = httpx.post(base + "/jobs/train", headers=headers, timeout=10)
+            r = _post_first_job(base, headers, children)
             if r.status_code == 409:
                 job_id = r.json()["job_id"]
                 print(f"a job is already running ({job_id}): following it")

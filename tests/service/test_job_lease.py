@@ -10,6 +10,7 @@ from processes import RedisServer
 
 from service.jobs import LOCK, NO_WORKER, PREFIX, JobConflict, JobStore, LeaseLost
 from service.reporter import JobReporter, run_job
+from service.runs import clean_runs
 
 URL = "redis://127.0.0.1:6379/13"
 
@@ -118,6 +119,31 @@ def test_resume_requeues_a_failed_training_job_under_a_new_lease(store):
     assert store.succeed(second, "v1", {})
     with pytest.raises(JobConflict):
         store.resume(first.id)  # succeeded: nothing to resume
+
+
+def test_a_job_past_its_time_limit_stops_and_fails(store):
+    job = store.start(store.create("train", {}).id)
+
+    def body(reporter):
+        while not reporter.should_stop():  # raises JobTimeLimit
+            time.sleep(0.02)
+        return "v", {}
+
+    started = time.monotonic()
+    run_job(store, job, body, time_limit_s=0.3)
+    record = store.get(job.id)
+    assert 0.3 <= time.monotonic() - started < 2
+    assert record.state == "failed" and "time limit" in record.error and record.version is None
+    assert store.r.get(LOCK) is None
+
+
+def test_run_folders_are_cleaned_except_those_kept(tmp_path):
+    for job_id in ("a", "b", "c"):
+        (tmp_path / "runs" / job_id).mkdir(parents=True)
+        (tmp_path / "runs" / job_id / "checkpoint.pt").write_bytes(b"x")
+    assert clean_runs(tmp_path, {"b"}) == ["a", "c"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["b"]
+    assert clean_runs(tmp_path / "nowhere", set()) == []
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")

@@ -44,6 +44,7 @@ import torch
 from PIL import Image
 
 from index import ArtifactStore
+from service.decoding import PixelBudget
 from service.engine import Engine
 from service.settings import Settings
 from service.uploads import decode_upload
@@ -109,7 +110,7 @@ def floor_calls(live, query: bytes, n: int) -> list[float]:
     out = []
     for _ in range(n):
         start = time.perf_counter()
-        image = decode_upload(query, 40_000_000)
+        image = decode_upload(PixelBudget(40_000_000), query, 40_000_000).image
         neighbours, _ = live.query(image, K, None)
         out.append((time.perf_counter() - start) * 1000.0)
         assert len(neighbours) == K

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from . import errors
 from .auth import document_read_access
 from .bodylimit import BodyLimitMiddleware
-from .decoding import DecodePool
+from .decoding import DecodePool, return_large_buffers_to_the_os
 from .engine import Engine
 from .metrics import Metrics, MetricsMiddleware
 from .ratelimit import RateLimiter
@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.thumbnail_limiter = RateLimiter(settings.thumbnail_rate_limit_per_minute,
                                               settings.thumbnail_rate_limit_burst)
     app.state.decoder = DecodePool(settings.decode_threads, settings.decode_pixel_budget)
+    return_large_buffers_to_the_os()
 
     errors.install(app)
     for router in ROUTERS:

@@ -6,14 +6,44 @@ of concurrent uploads, and the event loop (and /health) never waits on a decoder
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
 import anyio
+from PIL import Image
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
+
+
+def return_large_buffers_to_the_os() -> bool:
+    """Make glibc serve allocations of 4 MiB and more (decoded images) with mmap, so that freeing them returns
+    the memory at once. Without it glibc raises its threshold after the first large free (up to 32 MiB), and
+    the buffers of finished decodes stay in the decoder threads' heaps: measured, about 300 MiB more resident
+    after a few 40-MP decodes (docs/decode-benchmark.md). False where the C library is not glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):
+        log.info("not glibc: decoded image buffers are returned as the C library sees fit")
+        return False
+
+
+def shrink(image: Image.Image, side: int) -> Image.Image:
+    """An image whose shorter side is at least 2 x `side`, box-reduced by an integer factor when it is much
+    larger: what leaves the decoder pool is small, whatever was uploaded. The model's own resize (antialiased)
+    then does the last step, as it does for a JPEG decoded in draft mode."""
+    factor = min(image.size) // (2 * side)
+    return image.reduce(factor) if factor >= 2 else image
 
 
 class PixelBudget:

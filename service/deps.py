@@ -1,5 +1,5 @@
 """Request dependencies, and the `Annotated` aliases the routes take them through: the settings, the engine,
-the live version, the job store, and the per-client rate limits.
+the live version, the decoder pool, the job store, the job queue, and the per-client rate limits.
 
 All are `async def` so that FastAPI runs them on the event loop rather than in a thread.
 """
@@ -9,12 +9,14 @@ from __future__ import annotations
 import math
 from typing import Annotated
 
+from celery import Celery
 from fastapi import Depends, HTTPException, Request
 
 from .decoding import DecodePool
 from .engine import Engine, LiveVersion
 from .errors import NotReady
 from .jobs import JobStore
+from .queue import make_celery
 from .ratelimit import RateLimiter
 from .settings import Settings
 
@@ -50,6 +52,14 @@ async def get_jobs(request: Request) -> JobStore:
     return state.jobs
 
 
+async def get_queue(request: Request) -> Celery:
+    """The Celery app that sends job tasks, made on first use."""
+    state = request.app.state
+    if getattr(state, "celery", None) is None:
+        state.celery = make_celery(state.settings.redis_url)
+    return state.celery
+
+
 def _limit(request: Request, limiter: RateLimiter) -> None:
     """429 with Retry-After once this client has used its requests for now."""
     client = request.client.host if request.client else "unknown"
@@ -74,5 +84,6 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 LiveDep = Annotated[LiveVersion, Depends(get_live)]
 DecoderDep = Annotated[DecodePool, Depends(get_decoder)]
 JobsDep = Annotated[JobStore, Depends(get_jobs)]
+QueueDep = Annotated[Celery, Depends(get_queue)]
 RateLimited = Depends(rate_limited)
 ThumbnailRateLimited = Depends(thumbnail_rate_limited)

@@ -236,6 +236,16 @@ def run_up(args: argparse.Namespace) -> int:
             child.stop()
 
 
+def _post_first_job(base: str, headers: dict, timeout_s: float = 120) -> httpx.Response:
+    """POST /jobs/train, waiting (on 503 "no worker", Retry-After) for the worker just started to announce itself."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = httpx.post(base + "/jobs/train", headers=headers, timeout=10)
+        if r.status_code != 503 or time.monotonic() > deadline:
+            return r
+        time.sleep(min(float(r.headers.get("Retry-After", 1)), 1.0))
+
+
 def _start_first_job(settings: Settings, folder: Path, base: str, headers: dict) -> str:
     """Queue the first training job on FOLDER (or follow the one already queued); its id."""
     from trainer import policy
@@ -256,7 +266,7 @@ def _start_first_job(settings: Settings, folder: Path, base: str, headers: dict)
               if device.type == "cpu" else ")")
     print(f"no version yet: training a first one on {folder} ({n} images; {device}: {cfg.arch} width {cfg.width} "
           f"at {cfg.image_size} px, {cfg.epochs} epochs{budget}")
-    r = httpx.post(base + "/jobs/train", headers=headers, timeout=10)
+    r = _post_first_job(base, headers)
     if r.status_code == 409:
         print(f"a job is already running ({r.json()['job_id']}): following it")
     elif r.status_code != 202:

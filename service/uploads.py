@@ -23,7 +23,7 @@ from PIL import Image
 
 from trainer.data import load_rgb
 
-from .decoding import PixelBudget
+from .decoding import PixelBudget, shrink
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ CONTENT_TYPES = {
 
 # OpenAPI: an upload field holds an image file (a string format of its own: "binary" would promise that any
 # bytes are accepted, while only decodable images in the formats above are)
-IMAGE_FILE = {"format": "image", "description": "an image file: JPEG, PNG, WebP, GIF, BMP or TIFF"}
+IMAGE_FILE = {"format": "image"}
 
 EMPTY = "empty file"
 UNSUPPORTED = "unsupported image format: send JPEG, PNG, WebP, GIF, BMP or TIFF"
@@ -106,8 +106,8 @@ def decode_upload(budget: PixelBudget, data: bytes, max_pixels: int, side: int |
     """Checked bytes -> RGB image exactly as the collection was decoded; UploadRejected otherwise.
 
     `side`: the smallest width and height the caller needs (a JPEG is decoded at a reduced scale still at
-    least that large). The decode holds its pixels from `budget` while it runs. Blocking: run it in a
-    DecodePool.
+    least that large, any image much larger is box-reduced to about twice that before it leaves). The decode
+    holds its pixels from `budget` while it runs. Blocking: run it in a DecodePool.
     """
     if not data:
         raise UploadRejected(422, EMPTY)
@@ -127,7 +127,8 @@ def decode_upload(budget: PixelBudget, data: bytes, max_pixels: int, side: int |
         raise UploadRejected(413, too_many_pixels(max_pixels))
     try:
         with budget.hold(pixels):
-            return Decoded(load_rgb(io.BytesIO(data), draft), size)
+            image = load_rgb(io.BytesIO(data), draft)
+            return Decoded(image if side is None else shrink(image, side), size)
     except Exception as e:  # truncated or corrupt pixel data, bad EXIF, ...: never a 500
         log.info("upload refused, undecodable %s %dx%d: %s: %s", fmt, *size, type(e).__name__, e)
         raise UploadRejected(422, CORRUPT) from None

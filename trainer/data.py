@@ -44,7 +44,8 @@ def load_rgb(source: str | Path | IO[bytes], draft: tuple[int, int] | None = Non
 def to_rgb(im: Image.Image) -> Image.Image:
     """An opened image -> RGB: first frame, EXIF orientation applied, 16-bit grey scaled, alpha over white."""
     im.seek(0)  # first frame of GIF / animated WebP / multi-page TIFF
-    im = ImageOps.exif_transpose(im)
+    im.load()
+    ImageOps.exif_transpose(im, in_place=True)  # no copy: a 40-MP decode holds one buffer, not three
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale to 8 bit, keep contrast
         arr = np.asarray(im, dtype=np.float64)
         hi = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
@@ -53,7 +54,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
         im = im.convert("RGBA")
         background = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, im)
-    return im.convert("RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")
 
 
 @dataclass

@@ -12,15 +12,15 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from celery import Celery
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from kombu.exceptions import OperationalError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..auth import READ, ReadAccess, WriteAccess, has_valid_key
-from ..deps import JobsDep, SettingsDep
+from ..deps import JobsDep, QueueDep, SettingsDep
 from ..errors import JobNotFound, without_paths
 from ..jobs import Job, JobConflict, JobStore, JobsUnavailable, NoWorker
-from ..queue import INDEX_TASK, TRAIN_TASK, make_celery, send
+from ..queue import INDEX_TASK, TRAIN_TASK, send
 from ..runs import checkpoint_of
 from ..schemas import ErrorResponse
 from .common import INVALID, UNAVAILABLE, WRITE_AUTH
@@ -100,16 +100,6 @@ class JobOut(BaseModel):
         return cls(id=job.id, kind=job.kind, state=job.state, params=job.params, created=ts(job.created),
                    started=ts(job.started), finished=ts(job.finished), attempt=job.attempt, progress=job.progress,
                    version=job.version, metrics=metrics, error=None if job.error is None else without_paths(job.error))
-
-
-async def get_queue(request: Request) -> Celery:
-    state = request.app.state
-    if getattr(state, "celery", None) is None:
-        state.celery = make_celery(state.settings.redis_url)
-    return state.celery
-
-
-QueueDep = Annotated[Celery, Depends(get_queue)]
 
 
 def _queue(queue: Celery, jobs: JobStore, job: Job) -> Response:

@@ -22,7 +22,8 @@ MinScore = Annotated[float | None, Query(ge=-1.0, le=1.0, description="drop neig
 @router.post("/search", response_model=SearchResponse, responses=UPLOAD_ERRORS, openapi_extra=READ,
              dependencies=[ReadAccess, RateLimited])
 async def search(request: Request,
-                 file: Annotated[UploadFile, File(description="the query image", json_schema_extra=IMAGE_FILE)],
+                 file: Annotated[UploadFile, File(description="the query image (JPEG, PNG, WebP, GIF, BMP or TIFF)",
+                                                  json_schema_extra=IMAGE_FILE)],
                  live: LiveDep, engine: EngineDep, decoder: DecoderDep, settings: SettingsDep,
                  k: K = 10, min_score: MinScore = None) -> SearchResponse:
     """Nearest neighbours of an uploaded image in the live version."""

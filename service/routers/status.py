@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..deps import get_live
-from ..engine import LiveVersion
-from ..schemas import ErrorResponse, Health, Ready
+from ..deps import LiveDep
+from ..schemas import Health, Ready
+from .common import UNAVAILABLE
 
 router = APIRouter(tags=["status"])
 
@@ -19,8 +19,8 @@ async def health() -> Health:
     return Health()
 
 
-@router.get("/ready", response_model=Ready, responses={503: {"model": ErrorResponse, "description": "why not"}})
-async def ready(live: LiveVersion = Depends(get_live)) -> Ready:
+@router.get("/ready", response_model=Ready, responses=UNAVAILABLE)
+async def ready(live: LiveDep) -> Ready:
     """A version is loaded and searchable."""
     return Ready(version=live.version, collection_size=live.size, dim=live.dim,
                  loaded_at=live.loaded_at.isoformat(timespec="seconds"), quality=live.quality, knn=live.knn)

@@ -65,7 +65,37 @@ def test_rate_limit_answers_429_with_retry_after(make_settings):
         assert r.status_code == 429
         assert r.json() == {"detail": "rate limit exceeded: at most 6 requests per minute"}
         assert 1 <= int(r.headers["retry-after"]) <= 10
-        assert client.get("/images/0").status_code == 200  # only search and uploads are limited
+        similar = client.get("/images/0/similar")  # the same bucket: every compute route counts
+        assert similar.status_code == 429 and int(similar.headers["retry-after"]) >= 1
+        assert client.get("/images/0").status_code == 200  # serving a file is not limited
+        assert client.get("/images/0/thumbnail").status_code == 200  # thumbnails have a bucket of their own
+
+
+def test_thumbnails_have_their_own_limit_with_retry_after(make_settings):
+    with TestClient(create_app(make_settings(thumbnail_rate_limit_per_minute=6, thumbnail_rate_limit_burst=2))) as c:
+        assert [c.get(f"/images/{i}/thumbnail").status_code for i in range(2)] == [200, 200]
+        r = c.get("/images/2/thumbnail")
+        assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 10
+        assert c.post("/search", files=upload(png())).status_code == 200  # searches are limited apart
+
+
+@pytest.mark.parametrize("protect_reads", [False, True])
+def test_the_schema_declares_the_key_exactly_where_it_is_asked(make_settings, protect_reads):
+    app = create_app(make_settings(api_key=KEY, protect_reads=protect_reads))
+    paths = app.openapi()["paths"]
+    reads = [("post", "/search"), ("get", "/images/{image_id}"), ("get", "/images/{image_id}/similar"),
+             ("get", "/images/{image_id}/thumbnail"), ("get", "/jobs"), ("get", "/jobs/{job_id}")]
+    writes = [("post", "/images"), ("post", "/jobs/train"), ("post", "/jobs/index"),
+              ("post", "/jobs/{job_id}/cancel"), ("post", "/jobs/{job_id}/resume")]
+    for method, path in reads:
+        op = paths[path][method]
+        assert ("security" in op) == protect_reads and ("401" in op["responses"]) == protect_reads, path
+        assert "x-npid-access" not in op
+    for method, path in writes:
+        op = paths[path][method]
+        assert op["security"] == [{"APIKeyHeader": []}] and {"401", "403"} <= set(op["responses"]), path
+    for method, path in (("get", "/health"), ("get", "/ready"), ("get", "/metrics")):
+        assert "security" not in paths[path][method]
 
 
 def test_token_bucket_refills_per_client():

@@ -24,8 +24,8 @@ from service.jobs import JobStore
 REDIS_URL = "redis://127.0.0.1:6379/14"
 KEY = "contract-key"
 AUTH = {"X-API-Key": KEY}
-BOUNDED = settings(max_examples=12, deadline=None, derandomize=True, database=None,
-                   suppress_health_check=list(HealthCheck), stateful_step_count=6)
+BOUNDED = settings(max_examples=6, deadline=None, derandomize=True, database=None,
+                   suppress_health_check=list(HealthCheck), stateful_step_count=4)
 
 
 def image_file(fmt: str, width: int, height: int, pixel_seed: int) -> bytes:
@@ -74,10 +74,11 @@ def schema(worker_env, serve, make_settings, dirs):
         with serve(settings) as url:
             yield schemathesis.openapi.from_url(url + "/openapi.json")
     finally:
-        worker.stop()
+        worker.kill()  # a job may be running: no need to wait for Celery's warm shutdown
 
 
-def test_every_operation_keeps_its_contract(schema):
+def test_the_api_keeps_its_openapi_contract(schema):
+    """Each operation on its own, then stateful sequences (links inferred from ids and Location headers)."""
     failures = []
     for result in schema.get_all_operations():
         operation = result.ok()
@@ -94,12 +95,10 @@ def test_every_operation_keeps_its_contract(schema):
             failures.append(f"{operation.label}: {e}")
     assert not failures, "\n\n".join(failures)
 
-
-def test_stateful_sequences_keep_the_contract(schema):
     machine = schema.as_state_machine()
 
     class Authenticated(machine):
         def get_call_kwargs(self, case):
             return {"headers": AUTH}
 
-    run_state_machine_as_test(Authenticated, settings=settings(BOUNDED, max_examples=8))
+    run_state_machine_as_test(Authenticated, settings=settings(BOUNDED, max_examples=4))

@@ -1,13 +1,16 @@
 """The job lock's lease against a real Redis: renewal while silent, reaping when dead, fencing of a job that
 lost its lease, atomic create, "no worker", history trimming, resume."""
 
+import shutil
 import time
 
 import pytest
 import redis
+from processes import RedisServer
 
 from service.jobs import LOCK, NO_WORKER, PREFIX, JobConflict, JobStore, LeaseLost
 from service.reporter import JobReporter, run_job
+from service.runs import clean_runs
 
 URL = "redis://127.0.0.1:6379/13"
 
@@ -116,3 +119,55 @@ def test_resume_requeues_a_failed_training_job_under_a_new_lease(store):
     assert store.succeed(second, "v1", {})
     with pytest.raises(JobConflict):
         store.resume(first.id)  # succeeded: nothing to resume
+
+
+def test_a_job_past_its_time_limit_stops_and_fails(store):
+    job = store.start(store.create("train", {}).id)
+
+    def body(reporter):
+        while not reporter.should_stop():  # raises JobTimeLimit
+            time.sleep(0.02)
+        return "v", {}
+
+    started = time.monotonic()
+    run_job(store, job, body, time_limit_s=0.3)
+    record = store.get(job.id)
+    assert 0.3 <= time.monotonic() - started < 2
+    assert record.state == "failed" and "time limit" in record.error and record.version is None
+    assert store.r.get(LOCK) is None
+
+
+def test_run_folders_are_cleaned_except_those_kept(tmp_path):
+    for job_id in ("a", "b", "c"):
+        (tmp_path / "runs" / job_id).mkdir(parents=True)
+        (tmp_path / "runs" / job_id / "checkpoint.pt").write_bytes(b"x")
+    assert clean_runs(tmp_path, {"b"}) == ["a", "c"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["b"]
+    assert clean_runs(tmp_path / "nowhere", set()) == []
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_an_outage_longer_than_the_lease_stops_the_job_with_a_clear_reason(tmp_path):
+    server = RedisServer(tmp_path)  # private and persistent: the lock's expiry survives the restart
+    server.start()
+    try:
+        store = JobStore(server.url, lock_ttl_s=1.0, heartbeat_s=0.1)
+        job = store.start(store.create("train", {}).id)
+        published = []
+
+        def body(reporter):
+            server.stop()
+            time.sleep(1.6)  # Redis away for longer than the lease
+            server.start()
+            while not reporter.should_stop():  # raises LeaseLost
+                time.sleep(0.05)
+            published.append("v")
+            return "v", {}
+
+        run_job(store, job, body)
+        record = store.get(job.id)
+        assert published == [] and record.state == "failed" and record.version is None
+        assert record.error.startswith("lease lost: Redis was unreachable for longer than the job's lease")
+        assert store.r.get(LOCK) is None  # free for the next job
+    finally:
+        server.stop()

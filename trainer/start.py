@@ -44,9 +44,9 @@ def features_of_collection(encoder: Encoder, feed: DeviceFeed | LoaderFeed, pre:
     """
     encoder.eval()
     if isinstance(feed, DeviceFeed):
-        images = feed.images  # N x H x W x 3 uint8 on the device
-        return torch.cat([encoder(device_eval(images[i:i + batch_size], pre))  # b x D
-                          for i in range(0, len(images), batch_size)])
+        n = len(feed.host)  # N x S x S x 3 uint8: the arrays, or the image cache's squares
+        return torch.cat([encoder(device_eval(feed.gather(torch.arange(i, min(i + batch_size, n))), pre))  # b x D
+                          for i in range(0, n, batch_size)])
     saved, feed.ds.transform = feed.ds.transform, pre.eval_transform()
     try:
         loader = torch.utils.data.DataLoader(feed.ds, batch_size=batch_size, num_workers=feed.workers)

@@ -18,6 +18,7 @@ import httpx
 import ports
 import pytest
 import redis
+from processes import wait_for_worker
 
 from service.launch import epochs_done
 from service.supervise import backoff_s, last_line
@@ -86,7 +87,8 @@ def test_sigkilled_worker_is_restarted_search_keeps_answering_ctrl_c_stops_all(d
     redis_url = f"redis://127.0.0.1:{redis_port}/0"  # nothing answers there: `npid up` starts its own
     env = {k: v for k, v in os.environ.items() if not k.startswith("NPID_")}
     env.update(PYTHONPATH=str(ROOT), NPID_REDIS_URL=redis_url, NPID_API_KEY=KEY, NPID_POLL_INTERVAL_S="0.5",
-               NPID_RATE_LIMIT_PER_MINUTE="0", NPID_WORKER_THREADS="1")
+               NPID_RATE_LIMIT_PER_MINUTE="0", NPID_WORKER_THREADS="1",
+               NPID_KEEP_TRAINING="0")  # supervision alone: no background stages competing for the worker
     logs = tmp_path / "logs"
     up = subprocess.Popen([sys.executable, "-m", "service.cli", "up", str(collection), "--artifacts", str(store),
                            "--logs", str(logs), "--port", str(api_port)],
@@ -108,6 +110,7 @@ def test_sigkilled_worker_is_restarted_search_keeps_answering_ctrl_c_stops_all(d
         assert restarted != worker_pid and alive(api_pid)
         assert search(base, image).status_code == 200
 
+        wait_for_worker(redis_url)  # the restarted worker announces itself once it has started
         r = httpx.post(f"{base}/jobs/index", headers={"X-API-Key": KEY}, timeout=30)
         assert r.status_code == 202, r.text
         job_id = r.json()["job_id"]

@@ -19,6 +19,7 @@ import pytest
 import redis
 import yaml
 from fastapi.testclient import TestClient
+from processes import wait_for_worker
 
 from index import ArtifactStore
 from service.app import create_app
@@ -68,6 +69,7 @@ def photo_stack(tmp_path_factory):
     log = tmp / "worker.log"
     worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--loglevel", "INFO"], env=env,
                               stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for_worker(REDIS_URL)
     with TestClient(create_app(settings)) as client:
         yield client, settings, verdicts, log
     worker.terminate()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from trainer.augment import device_eval
-from trainer.config import TrainConfig
+from trainer.config import AugmentConfig, TrainConfig
 from trainer.data import CIFAR10_MEAN, CIFAR10_STD
 from trainer.distributed import Dist
 from trainer.embed import model_config, save_model
@@ -31,7 +31,7 @@ def setup(n: int = 40, size: int = 16, batch: int = 16):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
     pre = Preprocess.for_size(size, CIFAR10_MEAN, CIFAR10_STD)
-    feed = DeviceFeed(images, pre, False, batch, 0, torch.device("cpu"), Dist())
+    feed = DeviceFeed(images, pre, AugmentConfig(), batch, 0, torch.device("cpu"), Dist())
     return images, pre, feed
 
 

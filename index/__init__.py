@@ -55,7 +55,7 @@ from .errors import (
     VersionConflictError,
     VersionNotFoundError,
 )
-from .metadata import ItemMeta, NewItem
+from .metadata import ItemMeta, NewItem, display_path
 from .search import MAX_K, Hit, Searcher
 
 __all__ = [
@@ -76,5 +76,6 @@ __all__ = [
     "VersionConflictError",
     "VersionInfo",
     "VersionNotFoundError",
+    "display_path",
     "version_kind",
 ]

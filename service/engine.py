@@ -33,10 +33,17 @@ import anyio
 import numpy as np
 from PIL import Image
 
-from index import ArtifactStore, IndexStoreError, ItemMeta, LoadedVersion, NewItem, VersionConflictError
+from index import (
+    ArtifactStore,
+    IndexStoreError,
+    ItemMeta,
+    LoadedVersion,
+    NewItem,
+    VersionConflictError,
+    display_path,
+)
 from trainer.embed import Embedder
 
-from .collection import display_path
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)

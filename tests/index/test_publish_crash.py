@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import ArtifactStore
+from index import ArtifactStore, NewItem
 from index.artifact import STEPS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,7 +21,7 @@ OLD_N, NEW_N = 50, 60
 
 CHILD = """
 import os, signal, sys
-from index import ArtifactStore
+from index import ArtifactStore, NewItem
 root, export, step = sys.argv[1:4]
 
 def on_step(name):
@@ -71,6 +71,25 @@ def test_injected_failure(setup, step):
     assert leftovers(store) == [".lock"]  # the failed writer cleaned up after itself
     version = store.build(new_export)  # and the store keeps working
     assert_whole(store, version, NEW_N)
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_injected_failure_during_an_add(setup, vectors, step):
+    """An add writes only a delta next to hard links to its base's segment: a failure at any step leaves the base
+    (whose files the links share) or the new version current, whole, and the next add works."""
+    store, old, _ = setup
+    switched = STEPS.index(step) >= STEPS.index("switched")
+
+    def fail(name):
+        if name == step:
+            raise Boom(name)
+
+    with pytest.raises(Boom):
+        store.add(vectors.random(1, D, seed=5), [NewItem("up/a.png")], base=old, on_step=fail)
+    assert_whole(store, "v000002" if switched else old, OLD_N + 1 if switched else OLD_N)
+    assert leftovers(store) == [".lock"]
+    store.add(vectors.random(1, D, seed=6), [NewItem("up/b.png")], base=store.current_version())
+    assert_whole(store, store.current_version(), OLD_N + 1 + switched)
 
 
 def test_injected_failure_during_rollback(setup):

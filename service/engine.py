@@ -74,7 +74,8 @@ class Neighbour:
 
 
 def _neighbour(hit) -> Neighbour:
-    return Neighbour(hit.id, hit.score, display_path(hit.item.path), hit.item.label)
+    label = hit.item.label  # a first-level folder name: as little UTF-8 as any path
+    return Neighbour(hit.id, hit.score, display_path(hit.item.path), None if label is None else display_path(label))
 
 
 @dataclass(frozen=True, slots=True)

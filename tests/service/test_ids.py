@@ -142,9 +142,10 @@ def test_versions_list_kinds_and_rollback_carries_adds(make_settings, dirs, othe
 def test_a_file_name_that_is_not_utf8_is_searchable_and_served(tmp_path, collection_template, store_template,
                                                                make_settings):
     root = shutil.copytree(collection_template, tmp_path / "latin1")
-    name = os.fsdecode(b"caf\xe9.png")  # a Latin-1 name: not UTF-8
+    folder, name = os.fsdecode(b"\xe9t\xe9"), os.fsdecode(b"caf\xe9.png")  # Latin-1 names: not UTF-8
     data = png(21)
-    (root / "odd" / name).write_bytes(data)
+    (root / folder).mkdir()
+    (root / folder / name).write_bytes(data)
     model = ArtifactStore(store_template).load()
     encoder, cfg = load_model_and_config(model.directory / "model.pt")
     pre = Preprocess.load(model.directory / "preprocess.json")
@@ -155,7 +156,8 @@ def test_a_file_name_that_is_not_utf8_is_searchable_and_served(tmp_path, collect
     settings = make_settings(collection_root=root, artifacts_dir=tmp_path / "store")
     with TestClient(create_app(settings)) as client:
         hit = top(client, data)
-        assert hit["path"] == "odd/caf\ufffd.png" and hit["score"] > 0.999
+        assert hit["path"] == "\ufffdt\ufffd/caf\ufffd.png" and hit["label"] == "\ufffdt\ufffd"
+        assert hit["score"] > 0.999
         assert client.get(hit["image_url"]).content == data
         assert client.get(hit["thumbnail_url"]).status_code == 200
         similar = client.get(f"/images/{hit['id']}/similar", params={"k": 50}).json()

@@ -525,9 +525,10 @@ class ArtifactStore:
                                                            "carried": len(carried), "removed": len(gone)}}
         fields = self._derived_fields(target, origin, delta, next_id, _labelled(carried) - _labelled(gone))
         fields["registry_base"] = current
-        rebased = self._commit(self._derived(target, delta, plan.tombstones), fields, True, on_step)
-        if discard:
+        rebased = self._commit(self._derived(target, delta, plan.tombstones), fields, False, on_step)
+        if discard:  # before the switch prunes: an unserved build must not count against the kept model versions
             self._discard(version)
+        self._switch(rebased, on_step)
         return rebased
 
     def _discard(self, version: str) -> None:

@@ -93,10 +93,6 @@ class Rebase:
     carried: list[ItemMeta]  # items of the current version to carry over (embedded with the version's model)
     tombstones: dict[str, int]
 
-    @property
-    def changes(self) -> bool:
-        return len(self.removed) > 0 or len(self.carried) > 0
-
 
 def plan_rebase(target: LiveItems, target_tombstones: dict[str, int], current: LiveItems,
                 current_tombstones: dict[str, int], carry_from: int | None) -> Rebase:

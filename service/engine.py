@@ -35,6 +35,7 @@ from PIL import Image
 
 from index import (
     ArtifactStore,
+    Embed,
     IndexStoreError,
     ItemMeta,
     LoadedVersion,
@@ -332,8 +333,7 @@ class Engine:
         self._compact_if_large(new)
         return item, new
 
-    def rollback(self, version: str, embed: Callable[[Path, list[ItemMeta]], tuple[np.ndarray, list[ItemMeta]]]
-                 ) -> LiveVersion:
+    def rollback(self, version: str, embed: Embed) -> LiveVersion:
         """Publish `version`'s model and collection again, carrying the adds and deletes made since (the adds
         embedded by `embed` with that version's model), and serve it."""
         with self._add_lock:

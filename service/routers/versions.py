@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException, Path
 from starlette.concurrency import run_in_threadpool
 
-from index import IndexStoreError, VersionInfo
+from index import DamagedVersionError, IndexStoreError, VersionInfo
 
 from .. import collection
 from ..auth import require_api_key, require_read_access
@@ -39,7 +39,8 @@ async def list_versions(engine: Engine = Depends(get_engine)) -> Versions:
 
 
 @router.post("/{version}/rollback", response_model=Ready, dependencies=[Depends(require_api_key)], responses={
-    404: {"model": ErrorResponse, "description": "no such version"}, 503: {"model": ErrorResponse}})
+    404: {"model": ErrorResponse, "description": "no such version"},
+    409: {"model": ErrorResponse, "description": "the version is damaged"}, 503: {"model": ErrorResponse}})
 async def rollback(version: str = Path(pattern=r"^v\d{6,}$"), engine: Engine = Depends(get_engine),
                    settings: Settings = Depends(get_settings)) -> Ready:
     """Serve a kept version's model and collection again, carrying what happened since: images deleted since
@@ -49,6 +50,8 @@ async def rollback(version: str = Path(pattern=r"^v\d{6,}$"), engine: Engine = D
     embed = collection.file_embedder(settings.collection_root, engine.device)
     try:
         live = await run_in_threadpool(engine.rollback, version, embed)
+    except DamagedVersionError as e:
+        raise HTTPException(409, f"cannot roll back to {version}: {e}") from None
     except (IndexStoreError, VersionRefused) as e:
         raise HTTPException(503, str(e)) from None
     return Ready(version=live.version, collection_size=live.size, dim=live.dim,

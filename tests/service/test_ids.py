@@ -7,12 +7,14 @@ import hashlib
 import io
 import os
 import shutil
+import time
 
 import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from index import ArtifactStore
+from service import engine as engine_module
 from service.app import create_app
 from trainer.augment import Preprocess
 from trainer.data import ImageFolder
@@ -44,8 +46,10 @@ def test_batch_add_makes_one_version_and_known_bytes_answer_their_id(make_settin
     existing = (collection / "odd" / "bitmap.bmp").read_bytes()  # indexed under another path than an upload's
     with TestClient(create_app(make_settings(api_key=KEY))) as client:
         before = client.get("/ready").json()
+        segment = client.app.state.engine.live.searcher.segment
         r = post(client, png(1), existing, png(2), png(1))
         assert r.status_code == 201, r.text
+        assert client.app.state.engine.live.searcher.segment is segment  # O(delta): the live segment is reused
         body = r.json()
         assert body["version"] == "v000002" and body["collection_size"] == before["collection_size"] + 2
         first, known, second, repeat = body["images"]
@@ -61,6 +65,30 @@ def test_batch_add_makes_one_version_and_known_bytes_answer_their_id(make_settin
         too_many = post(client, *[png(3)] * 33)
         assert too_many.status_code == 413 and "at most 32" in too_many.json()["detail"]
     assert [i.kind for i in ArtifactStore(store).list()] == ["model", "update"]
+
+
+def test_background_compaction_folds_the_adds_keeping_ids(make_settings, dirs, monkeypatch):
+    collection, _ = dirs
+    monkeypatch.setattr(engine_module, "COMPACT_MIN_DELTA", 3)  # fold from 3 changes on, not 2048
+    with TestClient(create_app(make_settings(api_key=KEY))) as client:
+        added = post(client, png(31), png(32)).json()["images"]
+        assert client.app.state.engine.live.delta_size == 2  # under the threshold: no compaction
+        gone = top(client, (collection / "odd" / "cmyk.jpg").read_bytes())["id"]
+        deleted = client.delete(f"/images/{gone}", headers=AUTH).json()  # 2 added + 1 removed: fold
+
+        def compacted():
+            ready = client.get("/ready").json()["version"]
+            latest = client.get("/versions").json()["versions"][-1]
+            return latest["origin"] == "compact" and latest["current"] and ready == latest["version"]
+
+        deadline = time.monotonic() + 30
+        while not compacted():
+            assert time.monotonic() < deadline, "the compaction was not published and served"
+            time.sleep(0.05)
+        live = client.app.state.engine.live
+        assert live.delta_size == 0 and live.size == deleted["collection_size"]
+        assert [top(client, png(seed))["id"] for seed in (31, 32)] == [a["id"] for a in added]
+        assert gone not in live.searcher.metadata and gone not in live.searcher.segment
 
 
 def test_delete_an_upload_and_a_collection_image(make_settings, dirs):

@@ -276,6 +276,7 @@ class Engine:
         else:
             new = LiveVersion(loaded, Embedder.from_dir(loaded.directory, self.device))
         new.validate()
+        new.searcher.segment.by_sha  # noqa: B018  the content-hash table, built here rather than in the next upload
         return new
 
     # ---------------------------------------------------------------------------------- work

@@ -4,14 +4,12 @@ rollback that carries the adds, and file names that are not UTF-8."""
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import time
 
-import numpy as np
 from fastapi.testclient import TestClient
-from PIL import Image
+from synthetic import noise_image
 
 from index import ArtifactStore
 from service import engine as engine_module
@@ -25,9 +23,7 @@ AUTH = {"X-API-Key": KEY}
 
 
 def png(seed: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (18, 22, 3), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
+    return noise_image(seed, 18, 22, "PNG")
 
 
 def post(client, *blobs: bytes):

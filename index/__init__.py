@@ -17,11 +17,18 @@ API for the service
             Hit(id, score, item: ItemMeta(id, path, label, width, height, sha256, added))
         lv.searcher.search_arrays(queries, k) -> (scores BxK, ids BxK)   # -inf / -1 padded
         lv.searcher.vector(id) -> D                 # stored embedding (search by id)
-    store.build(export_dir, IndexConfig(...), publish=True) -> version
-    store.add(vectors MxD, [NewItem(path, label, width, height, sha256) or dict], base=lv.version)
+        lv.searcher.metadata: LiveItems             # get(id), id in, len, find_path(path), find_sha(sha256)
+        lv.tombstones                               # {path: retired id} of deleted images
+    store.load(version, reuse=lv) -> LoadedVersion  # O(delta) when version shares lv's segment (adds, deletes)
+    store.build(export_dir, IndexConfig(...), publish=True) -> version   # ids from the registry (registry.py)
+    store.publish_rebased(version, carry_from, embed) -> version   # rebase onto what was published meanwhile
+    store.add(vectors MxD, [NewItem(path, label, width, height, sha256) or dict], base=lv or lv.version)
         -> (version, ids M)                         # VersionConflictError if base is no longer current
-    store.remove(ids, base=lv.version) -> version
-    store.publish(version); store.rollback() -> version; store.list() -> [VersionInfo]; store.verify(version)
+    store.remove(ids, base=lv or lv.version) -> version   # paths tombstoned; EmptyCollectionError for the last
+    store.compact(version) -> version | None        # fold the delta into a new segment (O(collection))
+    store.rollback(to=None, embed=None) -> version  # with to + embed: carries the adds and deletes made since
+    store.publish(version); store.list() -> [VersionInfo(kind "model"|"update")]; store.verify(version)
+    store.next_id()                                 # ids handed out from now on are >= this
     NewItem.from_file(file, path, label)            # size and sha256 of an uploaded image
 
 Semantics
@@ -36,8 +43,13 @@ Semantics
 - Errors: IndexStoreError and its subclasses VersionNotFoundError, DamagedVersionError,
   DimensionMismatchError, EmptyCollectionError, ExportError, VersionConflictError; messages are meant
   for users. Library code logs through `logging`, it never prints.
-- Updates cost one rewrite of the version's data (O(collection)): batch them. The index kind and its
-  tuned setting are kept; the recall in the manifest is the one measured on `recall_measured_on`.
+- Ids are stable (registry.py): a path keeps its id across builds, a moved file keeps it by content, deleted
+  paths are tombstoned, ids are never reused (NEXT_ID high-water mark at the store root).
+- Adds and removes cost O(delta) (delta.py): the base segment is hard-linked, only the delta is written, and
+  `load(reuse=...)` reads only the delta; `compact` folds it back, off the request path. The index kind and
+  its tuned setting are kept; the recall in the manifest is the one measured on `recall_measured_on`.
+- Retention: the newest `keep` model versions (builds) and, apart from them, the newest `keep` update versions
+  (add, remove, compact) are kept, never the current one.
 - Threads: FAISS uses OpenMP inside each search. A server answering many single queries at once may
   prefer `faiss.omp_set_num_threads(1)` (docs/index-benchmark.md).
 
@@ -55,7 +67,7 @@ from .errors import (
     VersionConflictError,
     VersionNotFoundError,
 )
-from .metadata import ItemMeta, NewItem
+from .metadata import ItemMeta, NewItem, display_path
 from .search import MAX_K, Hit, Searcher
 
 __all__ = [
@@ -76,5 +88,6 @@ __all__ = [
     "VersionConflictError",
     "VersionInfo",
     "VersionNotFoundError",
+    "display_path",
     "version_kind",
 ]

@@ -346,8 +346,9 @@ class ArtifactStore:
             return self._commit(self._derived(state, delta, tombstones), fields, publish, on_step)
 
     def compact(self, base: str, on_step: OnStep = None) -> str | None:
-        """Fold `base`'s delta into a new segment and publish it, if `base` is still current when done (else
-        None: the next compaction starts from the newer version). O(collection): run it in the background."""
+        """Fold `base`'s delta into a new segment and publish it. O(collection), done outside the store's lock:
+        adds and deletes published meanwhile on the same segment are carried onto the new one as its delta;
+        if the current version moved to another segment (a retrain), the compaction is dropped (None)."""
         state = self._state(base)
         if state.delta.size == 0:
             return None
@@ -363,15 +364,19 @@ class ArtifactStore:
             segment.index.remove_ids(state.delta.removed)
             segment.index.add_with_ids(state.delta.vectors, state.delta.metadata.ids)
             index = segment.index
-        content = Content(spec, tuning, Segment(index, embeddings, metadata), len(metadata),
-                          Delta.empty(spec.dim), state.tombstones, state.directory, state.directory,
-                          state.manifest["files"])
-        fields = self._derived_fields(state, {"kind": "compact", "base": base, "ids": state.delta.size},
-                                      content.delta, self._next_free(state.manifest), 0)
         with self._writer():
-            if self.current_version() != base:
-                log.info("compaction of %s dropped: the current version moved on meanwhile", base)
+            current = self.current_version()
+            now = state if current == base else self._state(current)
+            if not _same_files(now.manifest, state.manifest, (*SEGMENT_FILES, *MODEL_FILES)):
+                log.info("compaction of %s dropped: %s has another segment or model", base, current)
                 return None
+            delta = since(state.delta, now.delta)
+            content = Content(spec, tuning, Segment(index, embeddings, metadata), len(metadata), delta,
+                              now.tombstones, state.directory, state.directory, state.manifest["files"])
+            fields = self._derived_fields(now, {"kind": "compact", "base": current, "ids": state.delta.size}, delta,
+                                          self._next_free(now.manifest), 0)
+            fields["counts"]["vectors"] = content.size
+            fields["index"]["estimated_bytes"] = estimate_bytes(spec, content.size)
             return self._commit(content, fields, True, on_step)
 
     def publish(self, version: str, on_step: OnStep = None) -> None:
@@ -520,9 +525,10 @@ class ArtifactStore:
                                                            "carried": len(carried), "removed": len(gone)}}
         fields = self._derived_fields(target, origin, delta, next_id, _labelled(carried) - _labelled(gone))
         fields["registry_base"] = current
-        rebased = self._commit(self._derived(target, delta, plan.tombstones), fields, True, on_step)
-        if discard:
+        rebased = self._commit(self._derived(target, delta, plan.tombstones), fields, False, on_step)
+        if discard:  # before the switch prunes: an unserved build must not count against the kept model versions
             self._discard(version)
+        self._switch(rebased, on_step)
         return rebased
 
     def _discard(self, version: str) -> None:
@@ -587,6 +593,15 @@ class ArtifactStore:
             log.info("pruned %s", ", ".join(doomed))
         for version in doomed:
             shutil.rmtree(self.root / f"{TRASH_PREFIX}{version}")
+
+
+def since(folded: Delta, now: Delta) -> Delta:
+    """The delta `now` (of the same segment) relative to a segment into which `folded` was compacted: rows added
+    after `folded`, and the ids live in the compacted segment that `now` no longer has."""
+    fresh = ~np.isin(now.metadata.ids, folded.metadata.ids)  # M bool
+    gone = np.union1d(np.setdiff1d(now.removed, folded.removed), np.setdiff1d(folded.metadata.ids, now.metadata.ids))
+    items = [it for it, f in zip(now.metadata.items, fresh, strict=True) if f]
+    return Delta(now.vectors[fresh], Metadata(items), gone.astype(np.int64))
 
 
 def _same_files(a: dict, b: dict, names: Iterable[str]) -> bool:

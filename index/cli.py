@@ -26,6 +26,7 @@ import numpy as np
 from .artifact import ArtifactStore, LoadedVersion, VersionInfo
 from .config import GIB, KINDS, IndexConfig
 from .errors import DimensionMismatchError, IndexStoreError
+from .metadata import display_path
 from .search import MAX_K, Hit
 
 DEFAULT_STORE = "artifacts/index"
@@ -75,8 +76,8 @@ def cmd_build(args) -> int:
 @_clean_errors
 def cmd_list(args) -> int:
     infos = _store(args).list()
-    payload = [{"version": i.version, "current": i.current, "problem": i.problem, "manifest": i.manifest}
-               for i in infos]
+    payload = [{"version": i.version, "current": i.current, "kind": i.kind, "problem": i.problem,
+                "manifest": i.manifest} for i in infos]
     _emit(args, payload, format_versions(infos) if infos else f"no versions in {args.store}")
     return 0
 
@@ -159,17 +160,22 @@ def _metrics(metrics: dict | None) -> str:
 
 
 def format_versions(infos: list[VersionInfo]) -> str:
-    rows = [("VERSION", "", "CREATED", "VECTORS", "DIM", "INDEX", "RECALL@10", "ORIGIN", "METRICS")]
+    """One row per version: kind (model: a training or re-index, kept `--keep` deep; update: an add, delete or
+    compaction, kept apart), origin, created, size, model (SHA-256 prefix of model.pt), index, recall, quality
+    figures (when the manifest has any) and training metrics."""
+    rows = [("VERSION", "CREATED", "KIND", "ORIGIN", "VECTORS", "DIM", "MODEL", "INDEX", "RECALL@10", "QUALITY",
+             "METRICS")]
     for i in infos:
         mark = "*" if i.current else ""
         if i.manifest is None:
-            rows.append((i.version, mark, "DAMAGED", "-", "-", "-", "-", "-", i.problem or ""))
+            rows.append((i.version + mark, "DAMAGED", "-", "-", "-", "-", "-", "-", "-", "-", i.problem or ""))
             continue
         m = i.manifest
         tuning = m["index"]["tuning"]
         setting = "" if tuning["param"] is None else f" {tuning['param']}={tuning['value']}"
-        rows.append((i.version, mark, m["created"], str(m["counts"]["vectors"]), str(m["counts"]["dim"]),
-                     m["index"]["spec"]["kind"] + setting, f"{tuning['recall']:.3f}", m["origin"]["kind"],
+        rows.append((i.version + mark, m["created"], i.kind, m["origin"]["kind"], str(m["counts"]["vectors"]),
+                     str(m["counts"]["dim"]), m["files"]["model.pt"]["sha256"][:12], m["index"]["spec"]["kind"]
+                     + setting, f"{tuning['recall']:.3f}", _metrics(m.get("quality")),
                      _metrics((m.get("training") or {}).get("metrics"))))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) + "  " + r[-1]
@@ -180,7 +186,7 @@ def format_hits(hits: list[Hit]) -> str:
     lines = [f"{'RANK':>4}  {'ID':>8}  {'SCORE':>7}  {'LABEL':<12}  PATH"]
     for rank, h in enumerate(hits, 1):
         label = "-" if h.item.label is None else h.item.label
-        lines.append(f"{rank:>4}  {h.id:>8}  {h.score:>7.4f}  {label:<12}  {h.item.path}")
+        lines.append(f"{rank:>4}  {h.id:>8}  {h.score:>7.4f}  {label:<12}  {display_path(h.item.path)}")
     return "\n".join(lines)
 
 

@@ -64,12 +64,6 @@ class Content:
         """Items in the collection."""
         return self.segment_rows - len(self.delta.removed) + len(self.delta.metadata)
 
-    def items(self):
-        """Every live item's metadata (the new segment's rows only where the segment is linked: for counts)."""
-        rows = [] if self.segment is None else self.segment.metadata.items
-        removed = set(self.delta.removed.tolist())
-        return [it for it in rows if it.id not in removed] + self.delta.metadata.items
-
 
 def write_content(stage: Path, content: Content) -> tuple[list[str], list[str]]:
     """Write the data files into `stage` (not yet durable: the caller fsyncs). Returns (written, linked) names;

@@ -50,6 +50,13 @@ class NewItem:
         return cls(path, label, width, height, sha)
 
 
+def display_path(path: str) -> str:
+    """A collection path as text any UTF-8 output (JSON, a terminal) can carry. File names that are not UTF-8
+    reach Python as surrogate escapes (os.fsdecode), which UTF-8 encoders refuse: here their undecodable bytes
+    read U+FFFD. Files are opened by the stored path, never by this text."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 

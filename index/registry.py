@@ -93,21 +93,17 @@ class Rebase:
     carried: list[ItemMeta]  # items of the current version to carry over (embedded with the version's model)
     tombstones: dict[str, int]
 
-    @property
-    def changes(self) -> bool:
-        return len(self.removed) > 0 or len(self.carried) > 0
-
 
 def plan_rebase(target: LiveItems, target_tombstones: dict[str, int], current: LiveItems,
                 current_tombstones: dict[str, int], carry_from: int | None) -> Rebase:
     """Rebase `target` onto `current`: what `current` deleted stays deleted; the items `current` holds with ids
     >= carry_from that `target` lacks are carried (none when carry_from is None)."""
     tombstones = {**target_tombstones, **current_tombstones}
-    removed = []
-    for it in target:
+    def carried_instead(it: ItemMeta) -> bool:  # current holds the path under another id, and it is carried
         now = current.find_path(it.path)
-        if it.path in current_tombstones or (now is not None and now.id != it.id):
-            removed.append(it.id)
+        return now is not None and now.id != it.id and carry_from is not None and now.id >= carry_from
+
+    removed = [it.id for it in target if it.path in current_tombstones or carried_instead(it)]
     gone = set(removed)
     carried = []
     if carry_from is not None:

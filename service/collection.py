@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from index import ItemMeta
+from index import ItemMeta, display_path
 from trainer.data import load_rgb
 from trainer.embed import Embedder
 
@@ -40,13 +40,6 @@ def resolve(root: Path, relative: str) -> Path:
     if not path.is_relative_to(root) or not path.is_file():
         raise ImageFileMissing(relative)
     return path
-
-
-def display_path(relative: str) -> str:
-    """A collection path as JSON can carry it. File names that are not UTF-8 reach Python as surrogate escapes
-    (os.fsdecode), which no UTF-8 encoder accepts: here their undecodable bytes read U+FFFD. Serving goes by id
-    and opens the stored path, never this text."""
-    return relative.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def etag(path: Path) -> str:

@@ -33,10 +33,18 @@ import anyio
 import numpy as np
 from PIL import Image
 
-from index import ArtifactStore, IndexStoreError, ItemMeta, LoadedVersion, NewItem, VersionConflictError
+from index import (
+    ArtifactStore,
+    Embed,
+    IndexStoreError,
+    ItemMeta,
+    LoadedVersion,
+    NewItem,
+    VersionConflictError,
+    display_path,
+)
 from trainer.embed import Embedder
 
-from .collection import display_path
 from .metrics import Metrics
 from .scores import ScoreScale
 
@@ -68,7 +76,8 @@ class Neighbour:
 
 
 def _neighbour(hit) -> Neighbour:
-    return Neighbour(hit.id, hit.score, display_path(hit.item.path), hit.item.label)
+    label = hit.item.label  # a first-level folder name: as little UTF-8 as any path
+    return Neighbour(hit.id, hit.score, display_path(hit.item.path), None if label is None else display_path(label))
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +288,7 @@ class Engine:
         else:
             new = LiveVersion(loaded, Embedder.from_dir(loaded.directory, self.device))
         new.validate()
+        new.searcher.segment.by_sha  # noqa: B018  the content-hash table, built here rather than in the next upload
         return new
 
     # ---------------------------------------------------------------------------------- work
@@ -336,8 +346,7 @@ class Engine:
         self._compact_if_large(new)
         return item, new
 
-    def rollback(self, version: str, embed: Callable[[Path, list[ItemMeta]], tuple[np.ndarray, list[ItemMeta]]]
-                 ) -> LiveVersion:
+    def rollback(self, version: str, embed: Embed) -> LiveVersion:
         """Publish `version`'s model and collection again, carrying the adds and deletes made since (the adds
         embedded by `embed` with that version's model), and serve it."""
         with self._add_lock:

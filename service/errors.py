@@ -7,6 +7,7 @@
     IndexStoreError             -> 503 with Retry-After (the artifact store cannot make the version asked for)
     JobConflict                 -> 409 with the id of the job holding the lock
     EmptyCollectionError        -> 409 (a delete would leave no image)
+    DamagedVersionError         -> 409 (a kept version whose files fail their checksums cannot be served)
     JobNotFound                 -> 404
     HTTPException               -> its status and detail (the routes' own precise 4xx)
     anything else               -> 500 "internal server error", logged with its trace
@@ -22,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from index import EmptyCollectionError, IndexStoreError
+from index import DamagedVersionError, EmptyCollectionError, IndexStoreError
 
 from .engine import VersionRefused
 from .jobs import JobConflict, JobsUnavailable
@@ -71,7 +72,7 @@ async def conflict(request: Request, exc: JobConflict) -> JSONResponse:
     return _json(409, str(exc), job_id=exc.job_id)
 
 
-async def would_empty(request: Request, exc: EmptyCollectionError) -> JSONResponse:
+async def index_conflict(request: Request, exc: EmptyCollectionError | DamagedVersionError) -> JSONResponse:
     return _json(409, str(exc))
 
 
@@ -93,7 +94,8 @@ def install(app: FastAPI) -> None:
     for unavailable_error in (JobsUnavailable, NotReady, VersionRefused, IndexStoreError):
         app.add_exception_handler(unavailable_error, unavailable)
     app.add_exception_handler(JobConflict, conflict)
-    app.add_exception_handler(EmptyCollectionError, would_empty)
+    for conflicting in (EmptyCollectionError, DamagedVersionError):
+        app.add_exception_handler(conflicting, index_conflict)
     app.add_exception_handler(JobNotFound, not_found)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(Exception, unexpected_error)

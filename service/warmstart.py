@@ -49,7 +49,8 @@ def warm_start_config(cfg: TrainConfig, store: ArtifactStore, run: Path) -> Trai
     start = run / "init_model.pt"
     shutil.copyfile(directory / "model.pt", start)
     return cfg.replace(arch=model_cfg["arch"], dim=model_cfg["dim"], image_size=model_cfg["image_size"],
-                       width=model_cfg.get("width", 64), stem=model_cfg.get("stem", cfg.stem), init_model=str(start), bank_init="features",
+                       width=model_cfg.get("width", 64), stem=model_cfg.get("stem", cfg.stem),
+                       init_model=str(start), bank_init="features",
                        extra={**cfg.extra, "init_from_version": version})
 
 

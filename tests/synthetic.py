@@ -15,6 +15,7 @@ folders stays well below a trained encoder's (tests/trainer/test_learning.py).
 from __future__ import annotations
 
 import colorsys
+import io
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +60,10 @@ def make_folder(root: str | Path, per_class: int = 32, size: int = 16, seed: int
         for i in range(per_class):
             Image.fromarray(pattern(c, size, rng)).save(root / c / f"{i:04d}{suffix}")
     return root
+
+
+def noise_image(seed: int, height: int, width: int, fmt: str) -> bytes:
+    """Encoded bytes of a random RGB image: a different picture per seed, the same bytes for the same seed."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buf, fmt)
+    return buf.getvalue()

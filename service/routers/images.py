@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, Response
 from pydantic import WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 
-from index import NewItem
+from index import NewItem, display_path
 
 from .. import collection
 from ..auth import API_KEY_HEADER, READ, ReadAccess, WriteAccess
@@ -106,7 +106,7 @@ async def similar(image_id: ImageId, live: LiveDep, engine: EngineDep, k: K = 10
 
 
 def _added(a: Added) -> AddedImage:
-    return AddedImage(id=a.item.id, path=collection.display_path(a.item.path), label=a.item.label,
+    return AddedImage(id=a.item.id, path=display_path(a.item.path), label=a.item.label,
                       created=a.created, image_url=f"/images/{a.item.id}",
                       thumbnail_url=f"/images/{a.item.id}/thumbnail")
 
@@ -141,7 +141,7 @@ async def add_images(response: Response,
         response.status_code = 200
     if len(added) == 1:
         a = added[0]
-        return ImageAdded(id=a.item.id, path=collection.display_path(a.item.path), label=a.item.label,
+        return ImageAdded(id=a.item.id, path=display_path(a.item.path), label=a.item.label,
                           version=live.version, collection_size=live.size, image_url=f"/images/{a.item.id}",
                           thumbnail_url=f"/images/{a.item.id}/thumbnail")
     return ImagesAdded(version=live.version, collection_size=live.size, images=[_added(a) for a in added])
@@ -171,5 +171,5 @@ async def delete_image(image_id: ImageId, live: LiveDep, engine: EngineDep, sett
     file_deleted = False
     if collection.is_upload(item.path, settings.upload_subdir):
         file_deleted = await run_in_threadpool(collection.delete_upload, settings.collection_root, item.path)
-    return ImageDeleted(id=item.id, path=collection.display_path(item.path), version=live.version,
+    return ImageDeleted(id=item.id, path=display_path(item.path), version=live.version,
                         collection_size=live.size, file_deleted=file_deleted)

@@ -45,7 +45,8 @@ async def list_versions(engine: EngineDep) -> Versions:
 
 
 @router.post("/{version}/publish", response_model=Ready, dependencies=[WriteAccess],
-             responses={**NO_VERSION, **INVALID, **WRITE_AUTH, **UNAVAILABLE})
+             responses={**NO_VERSION, 409: {"model": ErrorResponse, "description": "the version is damaged"},
+                        **INVALID, **WRITE_AUTH, **UNAVAILABLE})
 async def publish_version(version: VersionName, engine: EngineDep, settings: SettingsDep) -> Ready:
     """Serve a kept version's model and collection: roll back to an older version, or promote one a job built
     but the promotion gate kept back. What happened since is carried: images deleted since stay deleted, images

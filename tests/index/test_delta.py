@@ -75,6 +75,15 @@ def test_compaction_folds_the_delta_keeping_ids_and_answers(tmp_path, make_expor
     np.testing.assert_array_equal(after.searcher.search_arrays(q, 10)[1], before.searcher.search_arrays(q, 10)[1])
     assert after.tombstones == before.tombstones
     assert store.compact(compacted) is None  # nothing to fold
-    stale = store.add(vectors.random(1, D, seed=9), [NewItem("up/z.png")], base=compacted)[0]
-    store.add(vectors.random(1, D, seed=8), [NewItem("up/w.png")], base=stale)
-    assert store.compact(stale) is None  # the current version moved on: dropped, nothing lost
+    stale, (z,) = store.add(vectors.random(1, D, seed=9), [NewItem("up/z.png")], base=compacted)
+    meanwhile, (w,) = store.add(vectors.random(1, D, seed=8), [NewItem("up/w.png")], base=stale)
+    store.remove([7, z], base=meanwhile)  # adds and deletes published while a compaction of `stale` runs
+    live = store.load()
+    carried = store.load(store.compact(stale))  # they are carried onto the new segment as its delta
+    assert z in carried.searcher.segment and list(carried.searcher.delta.metadata.ids) == [w]
+    assert list(carried.searcher.delta.removed) == [7, z] and carried.tombstones == live.tombstones
+    assert sorted(carried.searcher.metadata.ids) == sorted(live.searcher.metadata.ids)
+    np.testing.assert_array_equal(carried.searcher.search_arrays(q, 10)[1], live.searcher.search_arrays(q, 10)[1])
+    assert carried.manifest["counts"]["vectors"] == len(live.searcher.metadata)
+    store.build(make_export(vectors.random(50, D, seed=6), name="retrained"))
+    assert store.compact(carried.version) is None  # a retrain replaced the segment: nothing to fold into

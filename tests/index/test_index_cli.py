@@ -75,10 +75,12 @@ def test_list_stats_publish_rollback(built, capsys):
     assert npid("index", "build", str(export), "--store", store, "--no-publish") == 0
     assert "staged" in capsys.readouterr().out
     versions = json_out(capsys, "index", "list", "--store", store)
-    assert [(v["version"], v["current"]) for v in versions] == [("v000001", True), ("v000002", False)]
+    assert [(v["version"], v["current"], v["kind"]) for v in versions] == [("v000001", True, "model"),
+                                                                             ("v000002", False, "model")]
     assert npid("index", "list", "--store", store) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:3] == ["VERSION", "CREATED", "VECTORS"] and "knn_top1=0.330" in table[1]
+    assert table[0].split()[:5] == ["VERSION", "CREATED", "KIND", "ORIGIN", "VECTORS"] and "knn_top1=0.330" in table[1]
+    assert table[1].split()[2:5] == ["model", "build", "36"] and table[1].startswith("v000001*")
     assert npid("index", "publish", "v000002", "--store", store) == 0
     assert capsys.readouterr().out.strip() == "current version: v000002"
     stats = json_out(capsys, "index", "stats", "--store", store)

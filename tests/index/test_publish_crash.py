@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import ArtifactStore
+from index import ArtifactStore, NewItem
 from index.artifact import STEPS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,7 +21,7 @@ OLD_N, NEW_N = 50, 60
 
 CHILD = """
 import os, signal, sys
-from index import ArtifactStore
+from index import ArtifactStore, NewItem
 root, export, step = sys.argv[1:4]
 
 def on_step(name):
@@ -56,8 +56,11 @@ def assert_whole(store: ArtifactStore, version: str, n: int) -> None:
     assert lv.searcher.search(lv.searcher.vector(int(lv.searcher.metadata.ids[0])), 1)[0][0].score > 0.999
 
 
+@pytest.mark.parametrize("operation", ["build", "add"])
 @pytest.mark.parametrize("step", STEPS)
-def test_injected_failure(setup, step):
+def test_injected_failure(setup, vectors, step, operation):
+    """A build, or an add (a delta next to hard links to its base's segment), failing at any step leaves the old
+    or the new version current and whole, and the store keeps working."""
     store, old, new_export = setup
     switched = STEPS.index(step) >= STEPS.index("switched")
 
@@ -66,8 +69,12 @@ def test_injected_failure(setup, step):
             raise Boom(name)
 
     with pytest.raises(Boom):
-        store.build(new_export, on_step=fail)
-    assert_whole(store, "v000002" if switched else old, NEW_N if switched else OLD_N)
+        if operation == "build":
+            store.build(new_export, on_step=fail)
+        else:
+            store.add(vectors.random(1, D, seed=5), [NewItem("up/a.png")], base=old, on_step=fail)
+    grown = NEW_N if operation == "build" else OLD_N + 1
+    assert_whole(store, "v000002" if switched else old, grown if switched else OLD_N)
     assert leftovers(store) == [".lock"]  # the failed writer cleaned up after itself
     version = store.build(new_export)  # and the store keeps working
     assert_whole(store, version, NEW_N)

@@ -135,3 +135,22 @@ def test_remove_refuses_unknown_ids_and_an_empty_collection(tmp_path, make_expor
     one = store.remove([0], base=base)
     with pytest.raises(EmptyCollectionError):
         store.remove([1], base=one)
+
+
+def test_an_upload_racing_the_snapshot_keeps_the_id_its_client_got(tmp_path, make_export, vectors):
+    """The job's scan saw an upload's file, but its add was published after the job's registry snapshot: the
+    path has two ids; the one the API answered wins."""
+    store = ArtifactStore(tmp_path / "store")
+    first = store.build(make_export(vectors.random(20, D, seed=1), name="a"))
+    carry_from = store.next_id()
+    scanned = make_export(vectors.random(21, D, seed=2), name="b", prefix="img")
+    rows = (scanned / "items.jsonl").read_text().splitlines()
+    rows[-1] = json.dumps({"id": 20, "path": "up/x.png", "label": None})
+    (scanned / "items.jsonl").write_text("\n".join(rows) + "\n")
+    staged = store.build(scanned, publish=False)
+    snapshot_id = store.load(staged).searcher.metadata.find_path("up/x.png").id
+    _, (api_id,) = store.add(vectors.random(1, D, seed=3), [NewItem("up/x.png")], base=first)
+    assert api_id != snapshot_id
+    store.publish_rebased(staged, carry_from, lambda model_dir, items: (vectors.random(len(items), D), items))
+    live = store.load().searcher.metadata
+    assert live.find_path("up/x.png").id == api_id and snapshot_id not in live and len(live) == 21

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
+from synthetic import noise_image
 
 from service.app import create_app
 
@@ -16,9 +13,7 @@ AUTH = {"X-API-Key": KEY}
 
 
 def jpeg(seed: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (28, 20, 3), dtype=np.uint8)).save(buf, "JPEG")
-    return buf.getvalue()
+    return noise_image(seed, 28, 20, "JPEG")
 
 
 def add(client, data: bytes, label: str | None = None):

@@ -292,3 +292,29 @@ def test_redis_down_search_answers_jobs_503_then_recover(stack):
     r = wait_for(lambda: (lambda a: a if a.status_code == 202 else None)(
         client.post("/jobs/train", json={"epochs": 1}, headers=KEY)), 20, "jobs did not come back after Redis")
     assert finished(client, r.json()["job_id"], 120)["state"] == "succeeded"  # the worker reconnected too
+
+
+def test_adds_and_deletes_during_training_survive_its_publish(stack):
+    client, settings, _, _ = stack
+    wait_for(lambda: client.get("/ready").json().get("version") == current(settings), 20, "API not on current")
+    before = client.get("/ready").json()
+    victim = search(client)["results"][0]
+    r = client.post("/jobs/train", json={"epochs": 40}, headers=KEY)
+    assert r.status_code == 202, r.text
+    running_with_progress(client, r.json()["job_id"])
+    upload = png_bytes(seed=77)
+    added = client.post("/images", files={"file": ("new.png", upload, "image/png")}, headers=KEY)
+    assert added.status_code == 201, added.text
+    assert client.delete(f"/images/{victim['id']}", headers=KEY).status_code == 200
+    job = finished(client, r.json()["job_id"])
+    assert job["state"] == "succeeded", job
+    wait_for(lambda: client.get("/ready").json().get("version") == job["version"], 20, "API did not swap")
+    manifest = ArtifactStore(settings.artifacts_dir).manifest(job["version"])
+    assert manifest["origin"]["kind"] == "build" and manifest["origin"]["rebased"]["carried"] == 1
+    image_id = added.json()["id"]
+    assert client.get(f"/images/{image_id}").content == upload  # the same id, after the retrain
+    hit = client.post("/search", files={"file": ("q.png", upload, "image/png")}, params={"k": 1}).json()
+    assert hit["version"] == job["version"] and hit["results"][0]["id"] == image_id
+    assert hit["results"][0]["score"] > 0.999  # embedded with the new model, like the query
+    assert client.get(f"/images/{victim['id']}").status_code == 404
+    assert client.get("/ready").json()["collection_size"] == before["collection_size"]

@@ -40,7 +40,7 @@ def run_steps(d: Dist, objective_name: str = "nce", steps: int = 3):
                       batch_size=BATCH, proximal=0.5, hflip=True)
     images = np.random.default_rng(0).integers(0, 256, (N, SIZE, SIZE, 3), dtype=np.uint8)
     pre = Preprocess.for_size(SIZE, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    feed = DeviceFeed(images, pre, cfg.hflip, BATCH, seed=0, device=torch.device("cpu"), d=d)
+    feed = DeviceFeed(images, pre, cfg.augmentation, BATCH, seed=0, device=torch.device("cpu"), d=d)
     torch.manual_seed(0)
     objective = NPIDObjective(cfg, N, torch.Generator().manual_seed(1))
     objective.reduce_mean = lambda t: mean_over_ranks(t, d)

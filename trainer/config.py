@@ -23,6 +23,42 @@ Schedule = Literal["step", "cosine"]
 DataPath = Literal["auto", "device", "loader"]
 
 
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation strengths; the defaults are the paper's (and lemniscate.pytorch's) values."""
+
+    crop_scale: tuple[float, float] = (0.2, 1.0)  # area fraction of RandomResizedCrop
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratio w/h of the crop
+    brightness: float = 0.4  # factor in [1 - 0.4, 1 + 0.4]
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.4  # shift in [-0.4, 0.4] of a turn
+    grayscale_p: float = 0.2
+    hflip: bool = False  # the reference's CIFAR code has it commented out; TrainConfig turns it on for photos
+
+    def __post_init__(self) -> None:
+        problems = []
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            problems.append(f"crop_scale must satisfy 0 < lo <= hi <= 1 (got {self.crop_scale})")
+        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            problems.append(f"crop_ratio must satisfy 0 < lo <= hi (got {self.crop_ratio})")
+        for name in ("brightness", "contrast", "saturation"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if not 0 <= self.hue <= 0.5:
+            problems.append(f"hue must be in [0, 0.5] (got {self.hue})")
+        if not 0 <= self.grayscale_p <= 1:
+            problems.append(f"grayscale_p must be in [0, 1] (got {self.grayscale_p})")
+        if problems:
+            raise ValueError("invalid augmentation: " + "; ".join(problems))
+
+    def factor_range(self, name: str) -> tuple[float, float]:
+        """ColorJitter's range for brightness / contrast / saturation: [max(0, 1 - s), 1 + s]."""
+        s = getattr(self, name)
+        return max(0.0, 1.0 - s), 1.0 + s
+
+
 @dataclass
 class TrainConfig:
     # --- data ---
@@ -111,6 +147,11 @@ class TrainConfig:
     @property
     def flip(self) -> bool:
         return (not self.small_images) if self.hflip is None else self.hflip
+
+    @property
+    def augmentation(self) -> AugmentConfig:
+        """The paper's augmentation strengths, with the flip this run resolves to."""
+        return AugmentConfig(hflip=self.flip)
 
     @property
     def decay(self) -> float:

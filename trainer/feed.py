@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .augment import DeviceAugment, train_transform
+from .augment import AugmentConfig, DeviceAugment, train_transform
 from .data import ImageFolder
 from .distributed import Dist
 from .preprocess import Preprocess
@@ -55,21 +55,19 @@ class DeviceFeed:
     typically the image cache's memory map, so the page cache, not a copy, holds the collection.
     """
 
-    def __init__(self, images: np.ndarray, pre: Preprocess, hflip: bool, batch_size: int, seed: int,
+    def __init__(self, images: np.ndarray, pre: Preprocess, augment: AugmentConfig, batch_size: int, seed: int,
                  device: torch.device, d: Dist):
         resident = device.type != "cpu" and images.nbytes <= DEVICE_PATH_MAX_BYTES
         self.host = images  # N x S x S x 3 uint8
         self.images = torch.from_numpy(np.array(images)).to(device) if resident else None
-        self.augment = DeviceAugment(pre, hflip)
+        self.augment = DeviceAugment(pre, augment)
         self.batch_size, self.seed, self.device, self.d = batch_size, seed, device, d
 
     def steps(self, epoch: int) -> int:
         return len(epoch_batches(len(self.host), self.batch_size, self.seed, epoch))
 
     def gather(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx: b ids on the CPU -> b x S x S x 3 uint8 on the device."""
-        if self.images is not None:
-            return self.images[idx.to(self.device)]
+        """idx: b ids on the CPU -> b x S x S x 3 uint8 on the device, from the host array."""
         rows = torch.from_numpy(self.host[idx.numpy()])  # fancy indexing copies out of the memory map
         if self.device.type == "cuda":
             rows = rows.pin_memory()
@@ -77,25 +75,36 @@ class DeviceFeed:
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         _, height, width, _ = self.host.shape
-        for step, batch in enumerate(epoch_batches(len(self.host), self.batch_size, self.seed, epoch)):
-            g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, step, 1))
-            params = self.augment.sample(len(batch), height, width, g)  # for the global batch
-            rows = local_slice(torch.arange(len(batch)), self.d)
-            params = params.select(rows)
-            idx = batch[rows]
-            yield self.augment.apply(self.gather(idx), params), idx.to(self.device), len(batch)
+        batches = epoch_batches(len(self.host), self.batch_size, self.seed, epoch)
+        order = torch.cat(batches)  # the epoch's ids, sliced per step below
+        on_device = order.to(self.device) if self.images is not None else None  # one copy per epoch
+        start = 0
+        for step, batch in enumerate(batches):
+            # drawn on the device for the global batch, so no step waits on the host
+            g = torch.Generator(device=self.device).manual_seed(mix_seed(self.seed, epoch, step, 1))
+            params = self.augment.sample(len(batch), height, width, g)
+            b = len(local_slice(batch, self.d))
+            rows = slice(self.d.rank * b, (self.d.rank + 1) * b)  # this rank's share
+            if on_device is not None:
+                idx = on_device[start:start + len(batch)][rows]
+                images = self.images[idx]
+            else:
+                ids = order[start:start + len(batch)][rows]
+                images, idx = self.gather(ids), ids.to(self.device, non_blocking=True)
+            start += len(batch)
+            yield self.augment.apply(images, params.select(rows)), idx, len(batch)
 
 
 class LoaderFeed:
     """The PIL pipeline through a DataLoader: only where the image cache does not fit its disk budget."""
 
-    def __init__(self, ds: ImageFolder, pre: Preprocess, hflip: bool, batch_size: int, seed: int,
+    def __init__(self, ds: ImageFolder, pre: Preprocess, augment: AugmentConfig, batch_size: int, seed: int,
                  device: torch.device, d: Dist, workers: int):
         if workers and multiprocessing.current_process().daemon:  # e.g. Celery's prefork child
             log.warning("data loader: %d worker processes cannot start inside a daemon process; decoding in "
                         "the training process", workers)
             workers = 0
-        ds.transform = train_transform(pre, hflip)
+        ds.transform = train_transform(pre, augment)
         self.ds = ds
         self.batch_size, self.seed, self.device, self.d, self.workers = batch_size, seed, device, d, workers
 

@@ -153,8 +153,8 @@ def open_training_data(cfg: TrainConfig, device: torch.device,
 
 def make_feed(cfg: TrainConfig, ds, pre: Preprocess, device: torch.device, d: Dist):
     if isinstance(ds, ArrayImages):  # CIFAR arrays, or an image folder's cached squares
-        return DeviceFeed(ds.images, pre, cfg.flip, cfg.batch_size, cfg.seed, device, d)
-    return LoaderFeed(ds, pre, cfg.flip, cfg.batch_size, cfg.seed, device, d, cfg.workers)
+        return DeviceFeed(ds.images, pre, cfg.augmentation, cfg.batch_size, cfg.seed, device, d)
+    return LoaderFeed(ds, pre, cfg.augmentation, cfg.batch_size, cfg.seed, device, d, cfg.workers)
 
 
 def train(cfg: TrainConfig, on_progress: Callable[[Progress], None] | None = None,

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from op_count import SYNC_OPS, all_aten_ops, compute_ops, top_level_aten_ops
 from PIL import Image
 from torchvision import transforms as T
 
 from trainer import augment as A
 from trainer.augment import AugmentParams, DeviceAugment, Preprocess
+from trainer.config import AugmentConfig
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -110,7 +112,7 @@ def test_crop_boxes_deterministic_per_generator():
 
 @pytest.fixture(scope="module")
 def params():
-    aug = DeviceAugment(Preprocess.for_size(32, MEAN, STD), hflip=True)
+    aug = DeviceAugment(Preprocess.for_size(32, MEAN, STD), AugmentConfig(hflip=True))
     return aug.sample(20_000, 32, 32, gen(3))
 
 
@@ -122,7 +124,8 @@ def test_grayscale_and_flip_rates(params):
     n = len(params.gray)
     assert binomial_ok(params.gray.float().mean().item(), 0.2, n)
     assert binomial_ok(params.flip.float().mean().item(), 0.5, n)
-    no_flip = DeviceAugment(Preprocess.for_size(32, MEAN, STD), hflip=False).sample(1000, 32, 32, gen(0))
+    no_flip = DeviceAugment(Preprocess.for_size(32, MEAN, STD), AugmentConfig(hflip=False)).sample(1000, 32, 32,
+                                                                                              gen(0))
     assert not no_flip.flip.any()
 
 
@@ -244,7 +247,7 @@ def torchvision_reference(images_u8, p: AugmentParams, pre: Preprocess):
 
 def test_device_augment_equals_per_sample_torchvision():
     pre = Preprocess.for_size(32, MEAN, STD)
-    aug = DeviceAugment(pre, hflip=True)
+    aug = DeviceAugment(pre, AugmentConfig(hflip=True))
     images = smooth_images(64, 32, seed=10)
     p = aug.sample(len(images), 32, 32, gen(11))
     assert p.gray.any() and (~p.gray).any() and p.flip.any()
@@ -266,7 +269,7 @@ def test_device_augment_identity_params_give_normalised_input():
         order=torch.arange(4).expand(b, 4),
         gray=torch.zeros(b, dtype=torch.bool),
     )
-    got = DeviceAugment(pre, hflip=False).apply(images, p)
+    got = DeviceAugment(pre, AugmentConfig(hflip=False)).apply(images, p)
     expected = (images.permute(0, 3, 1, 2).float() / 255 - torch.tensor(MEAN)[:, None, None]) / torch.tensor(
         STD)[:, None, None]
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
@@ -275,10 +278,10 @@ def test_device_augment_identity_params_give_normalised_input():
 
 def test_device_augment_select_is_the_same_rows():
     pre = Preprocess.for_size(32, MEAN, STD)
-    aug = DeviceAugment(pre, hflip=True)
+    aug = DeviceAugment(pre, AugmentConfig(hflip=True))
     images = smooth_images(10, 32, seed=13)
     p = aug.sample(10, 32, 32, gen(14))
-    rows = torch.tensor([1, 4, 7])
+    rows = slice(3, 7)
     torch.testing.assert_close(aug.apply(images[rows], p.select(rows)), aug.apply(images, p)[rows])
 
 
@@ -287,11 +290,11 @@ def test_device_augment_statistics_match_pil_pipeline():
     pre = Preprocess.for_size(32, MEAN, STD)
     images = smooth_images(256, 32, seed=15)
     draws = 2
-    aug = DeviceAugment(pre, hflip=True)
+    aug = DeviceAugment(pre, AugmentConfig(hflip=True))
     g = gen(16)
     dev = torch.cat([aug(images, g) for _ in range(draws)])  # (draws * n) x 3 x 32 x 32
     torch.manual_seed(17)
-    pipeline = A.train_transform(pre, hflip=True)
+    pipeline = A.train_transform(pre, AugmentConfig(hflip=True))
     pil = torch.stack([pipeline(Image.fromarray(im.numpy())) for _ in range(draws) for im in images])
     assert dev.shape == pil.shape and dev.dtype == pil.dtype
     # standard error of a channel mean here is about 0.04 (normalised units)
@@ -303,3 +306,80 @@ def test_device_augment_statistics_match_pil_pipeline():
     # ... where unaugmented images would differ clearly (about half the spread): the check has teeth
     spread_plain = A.device_eval(images, pre).mean((2, 3)).std(0)
     assert ((spread_plain - spread_pil).abs() / spread_pil).min() > 0.3
+
+
+# --- stored size above the output size (the photo cache), strengths, eval, no host syncs ----------------
+
+
+@pytest.mark.parametrize("stored,out", [((40, 40), 32), ((110, 110), 96), ((30, 44), 24)])
+def test_device_augment_from_a_larger_stored_image_equals_torchvision(stored, out):
+    """A cache stores images a little above the training size: the box is drawn on the stored image."""
+    pre = Preprocess.for_size(out, MEAN, STD)
+    aug = DeviceAugment(pre, AugmentConfig(hflip=True))
+    images = smooth_images(12, max(stored), seed=20)[:, :stored[0], :stored[1]].contiguous()
+    p = aug.sample(len(images), *stored, gen(21))
+    assert (p.boxes[:, 0] + p.boxes[:, 2] <= stored[0]).all() and (p.boxes[:, 1] + p.boxes[:, 3] <= stored[1]).all()
+    got = aug.apply(images, p)
+    assert got.shape == (12, 3, out, out)
+    torch.testing.assert_close(got, torchvision_reference(images, p, pre), atol=1.5e-3, rtol=0)
+
+
+def test_augment_config_strengths_reach_the_parameters():
+    cfg = AugmentConfig(crop_scale=(0.5, 0.6), brightness=0.0, contrast=0.1, saturation=1.5, hue=0.05,
+                        grayscale_p=0.0)
+    p = DeviceAugment(Preprocess.for_size(32, MEAN, STD), cfg).sample(2000, 32, 32, gen(22))
+    area = p.boxes[:, 2] * p.boxes[:, 3] / 1024
+    assert area.min() > 0.45 and area.max() < 0.65
+    assert torch.equal(p.jitter[:, 0], torch.ones(2000))  # brightness 0: the identity factor
+    assert p.jitter[:, 1].min() >= 0.9 and p.jitter[:, 1].max() <= 1.1
+    assert p.jitter[:, 2].min() >= 0.0 and p.jitter[:, 2].max() > 2.4  # ColorJitter clamps 1 - 1.5 to 0
+    assert p.jitter[:, 3].abs().max() <= 0.05 and not p.gray.any()
+    assert AugmentConfig() == AugmentConfig(crop_scale=(0.2, 1.0), brightness=0.4, contrast=0.4, saturation=0.4,
+                                            hue=0.4, grayscale_p=0.2, hflip=False)  # the paper's values
+
+
+@pytest.mark.parametrize("bad", [dict(crop_scale=(0.0, 1.0)), dict(crop_scale=(0.8, 0.5)), dict(hue=0.6),
+                                 dict(brightness=-0.1), dict(grayscale_p=1.5), dict(crop_ratio=(2.0, 1.0))])
+def test_augment_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match="invalid augmentation"):
+        AugmentConfig(**bad)
+
+
+def test_augment_config_is_frozen():
+    with pytest.raises(AttributeError):
+        AugmentConfig().hue = 0.1
+
+
+@pytest.mark.parametrize("stored,size", [((110, 110), 96), ((120, 100), 96), ((32, 32), 32), ((40, 40), 32)])
+def test_device_eval_is_resize_then_centre_crop(stored, size):
+    pre = Preprocess.for_size(size, MEAN, STD)
+    images = smooth_images(4, max(stored), seed=23)[:, :stored[0], :stored[1]].contiguous()
+    got = A.device_eval(images, pre)
+    assert got.shape == (4, 3, size, size)
+    ref = []
+    for im in images:
+        x = im.permute(2, 0, 1).float() / 255
+        if pre.resize == size:
+            x = TF.resize(x, [size, size], antialias=True)
+        else:
+            x = TF.center_crop(TF.resize(x, pre.resize, antialias=True), [size, size])
+        ref.append(TF.normalize(x, pre.mean, pre.std))
+    torch.testing.assert_close(got, torch.stack(ref), atol=1e-5, rtol=0)
+    # and close to the PIL eval transform the service uses on query images
+    pil = torch.stack([pre.eval_transform()(Image.fromarray(im.numpy())) for im in images])
+    assert (got - pil).abs().mean() < 0.02
+
+
+@pytest.mark.parametrize("b", [16, 128])
+def test_device_augment_has_no_host_sync_and_a_bounded_op_count(b):
+    """No op that reads a value back to the host; the number of ops does not grow with the batch."""
+    pre = Preprocess.for_size(32, MEAN, STD)
+    aug = DeviceAugment(pre, AugmentConfig(hflip=True))
+    images = smooth_images(b, 40, seed=24)
+    aug(images, gen(0))  # warm-up (the normaliser's constants are made once per device)
+    assert not SYNC_OPS & all_aten_ops(lambda: aug(images, gen(25)))
+    ops = top_level_aten_ops(lambda: aug(images, gen(25)))
+    # about 430 launches and 16 syncs per batch before the rewrite; 207 ops with torch 2.14
+    assert compute_ops(ops) <= 220, (compute_ops(ops), ops.most_common(10))
+    half = images[: b // 2].contiguous()
+    assert compute_ops(top_level_aten_ops(lambda: aug(half, gen(25)))) == compute_ops(ops)

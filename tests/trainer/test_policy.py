@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from trainer import policy
-from trainer.config import TrainConfig
+from trainer.config import AugmentConfig, TrainConfig
 from trainer.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolder
 from trainer.distributed import Dist
 from trainer.feed import LoaderFeed
@@ -71,7 +71,7 @@ def test_one_rule_for_stem_preprocessing_and_config(size):
 def run_loader_epoch(folder: str) -> None:
     ds = ImageFolder(folder)
     pre = Preprocess.for_size(72, IMAGENET_MEAN, IMAGENET_STD)
-    feed = LoaderFeed(ds, pre, True, 4, 0, torch.device("cpu"), Dist(), workers=2)
+    feed = LoaderFeed(ds, pre, AugmentConfig(hflip=True), 4, 0, torch.device("cpu"), Dist(), workers=2)
     assert sum(x.shape[0] for x, _, _ in feed.epoch(0)) == 8
 
 

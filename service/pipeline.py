@@ -52,7 +52,7 @@ def training_config(settings: Settings, overrides: dict[str, Any], n_images: int
     if cuda:
         budget: dict[str, Any] = {}
     else:
-        width = base.get("width", 16)
+        width = base.get("width") or 16  # 0: the policy's "auto"; a CPU budget narrows it to 16
         epochs = int(settings.cpu_train_minutes * 60 * CPU_IMAGES_PER_S * (16 / width) ** 2 / max(n_images, 1))
         budget = {"width": width, "epochs": max(1, min(epochs, 50)), "schedule": "cosine"}
     if n_images <= SOFTMAX_MAX_IMAGES:  # exact softmax: the paper's best row, and stable on small collections
@@ -61,7 +61,8 @@ def training_config(settings: Settings, overrides: dict[str, Any], n_images: int
     merged["negatives"] = max(1, min(merged["negatives"], n_images - 1))
     merged["knn_every"] = base.get("knn_every", 5)
     cfg = policy.resolve(TrainConfig.from_dict(merged), short_side, cuda)
-    if not cuda and "epochs" not in {**base, **overrides}:  # the budget was measured at 32 px, CIFAR stem
+    if not cuda and "epochs" not in overrides and merged["epochs"] == budget["epochs"]:
+        # the budget's images/s was measured at 32 px with the CIFAR stem: rescale for this resolution
         cost = policy.cost_per_image(cfg.image_size, cfg.stem)
         cfg = cfg.replace(epochs=max(1, min(int(budget["epochs"] / cost), 50)))
     return cfg

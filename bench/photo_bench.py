@@ -119,7 +119,8 @@ def bench_train(args) -> None:
                     f"| {best_in[pil]:.0f} | {best_in[dev]:.0f} | {best_in[dev] / best_in[pil]:.2f}x | {build_s:.1f} |")
     shutil.rmtree(cache, ignore_errors=True)
     print(f"Machine: {machine()}  \nCommand: `python {' '.join(sys.argv)}`  \n"
-          f"Model: ResNet-18 width {args.width}, ImageNet stem, NCE 4096 noise samples, batch {args.batch}; "
+          f"Model: ResNet-18 width {args.width}, ImageNet stem, NCE {min(4096, args.photos - 1)} noise samples, "
+          f"batch {args.batch}; torch threads {torch.get_num_threads()}; "
           f"{args.photos} photos; best of {args.rounds} alternated rounds of {args.steps} steps; "
           f"loader workers {args.workers}\n")
     print("| px | stored px | training img/s, PIL loader | training img/s, cache + device | ratio "
@@ -190,7 +191,11 @@ def main() -> None:
     j.add_argument("--minutes", type=float, default=4.0, help="NPID_CPU_TRAIN_MINUTES")
     j.add_argument("--redis-url", default="redis://127.0.0.1:6379/11")
     j.add_argument("--port", type=int, default=8411)
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0: torch's default); the job worker uses cores - 1 (1 on a 2-core host)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     {"train": bench_train, "cache": bench_cache, "job": bench_job}[args.what](args)
 
 

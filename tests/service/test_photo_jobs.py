@@ -102,6 +102,7 @@ def test_photo_job_at_photo_resolution_in_the_worker_then_search_and_reindex(pho
     assert sorted(p.split("/")[-1] for p in export["skipped"]) == skipped
     assert job["metrics"]["skipped"] == len(skipped) and job["metrics"]["images"] == 40 + len(verdicts) - len(skipped)
     text = log.read_text()
+    assert "DeviceFeed path" in text and "PIL loader" not in text  # trained from the image cache
     assert "daemonic" not in text and all(f"skipping odd/{name}" in text for name in skipped)
 
     wait_for(lambda: client.get("/ready").json().get("version") == job["version"], 30, "API did not load it")

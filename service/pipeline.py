@@ -65,18 +65,19 @@ def training_config(settings: Settings, overrides: dict[str, Any], n_images: int
     if cuda:
         budget: dict[str, Any] = {}
     else:
-        width = overrides.get("width", base.get("width", CPU_RECIPE["width"]))
+        width = overrides.get("width") or base.get("width") or CPU_RECIPE["width"]  # 0: the policy's "auto"
         rate = CPU_IMAGES_PER_S * (CPU_RECIPE["width"] / width) ** 2
         epochs = settings.cpu_train_minutes * 60 * rate / max(n_images, 1)
         budget = {**CPU_RECIPE, "width": width, "epochs": epochs}
     if n_images <= SOFTMAX_MAX_IMAGES:  # exact softmax: the paper's best row, and stable on small collections
         budget.update(objective="softmax", temperature=0.1)
     merged = {**TrainConfig().to_dict(), **budget, **base, **overrides}
-    merged["epochs"] = int(merged["epochs"])
+    from_budget = not cuda and merged["epochs"] == budget["epochs"]  # not set by the file or the request
+    merged["epochs"] = max(1, int(merged["epochs"]))
     merged["negatives"] = max(1, min(merged["negatives"], n_images - 1))
     merged["knn_every"] = base.get("knn_every", 5)
     cfg = policy.resolve(TrainConfig.from_dict(merged), short_side, cuda)
-    if not cuda and "epochs" not in {**base, **overrides}:  # the rate was measured at 32 px
+    if from_budget:  # the rate was measured at 32 px: rescale for this resolution and backbone
         cost = policy.cost_per_image(cfg.image_size, cfg.stem, cfg.arch)
         cfg = cfg.replace(epochs=max(1, min(int(budget["epochs"] / cost), MAX_CPU_EPOCHS)))
     return cfg

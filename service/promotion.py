@@ -51,15 +51,10 @@ def decide(candidate: dict, live: dict | None, mode: str, margin: float = 0.0) -
                     + ": kept the live version")
 
 
-def sample_side(pre: Preprocess) -> int:
-    """Side of the decoded sample: views are cropped from it as training crops from the collection."""
-    return max(pre.resize, pre.image_size)
-
-
 def measure_model(encoder, pre: Preprocess, gallery: np.ndarray, ds: ImageFolder, device) -> dict:
     """Quality of (encoder, its embeddings of ds) on the fixed sample of ds; adds the sample's key."""
     ids = sample_ids(len(ds))
-    images = load_sample(ds, ids, sample_side(pre))
+    images = load_sample(ds, ids, pre)
     figures = measure(encoder, images, ids, torch.from_numpy(gallery).to(device), pre,
                       hflip=not policy.is_small(pre.image_size))
     return {**figures, "key": sample_key(ds.collection.paths, ids, figures["seed"])}

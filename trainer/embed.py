@@ -122,6 +122,7 @@ def write_export(directory: str | Path, embeddings: np.ndarray, ds: ImageFolder 
         root = str(Path(ds.root).resolve()) if getattr(ds, "root", None) else None
         meta = {"format": EXPORT_FORMAT, "n": n, "dim": int(embeddings.shape[1]), "collection_root": root,
                 "classes": coll.classes, "skipped": [p for p, _ in ds.skipped],
+                "skipped_reasons": dict(ds.skipped),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
         (tmp / "export.json").write_text(json.dumps(meta, indent=2))
         for f in tmp.iterdir():

@@ -68,9 +68,7 @@ class DeviceFeed:
         return len(epoch_batches(len(self.host), self.batch_size, self.seed, epoch))
 
     def gather(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx: b ids on the CPU -> b x S x S x 3 uint8 on the device."""
-        if self.images is not None:
-            return self.images[idx.to(self.device)]
+        """idx: b ids on the CPU -> b x S x S x 3 uint8 on the device, from the host array."""
         rows = torch.from_numpy(self.host[idx.numpy()])  # fancy indexing copies out of the memory map
         if self.device.type == "cuda":
             rows = rows.pin_memory()
@@ -78,14 +76,24 @@ class DeviceFeed:
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         _, height, width, _ = self.host.shape
-        for step, batch in enumerate(epoch_batches(len(self.host), self.batch_size, self.seed, epoch)):
+        batches = epoch_batches(len(self.host), self.batch_size, self.seed, epoch)
+        order = torch.cat(batches)  # the epoch's ids, sliced per step below
+        on_device = order.to(self.device) if self.images is not None else None  # one copy per epoch
+        start = 0
+        for step, batch in enumerate(batches):
             # drawn on the device for the global batch, so no step waits on the host
             g = torch.Generator(device=self.device).manual_seed(mix_seed(self.seed, epoch, step, 1))
             params = self.augment.sample(len(batch), height, width, g)
             b = len(local_slice(batch, self.d))
             rows = slice(self.d.rank * b, (self.d.rank + 1) * b)  # this rank's share
-            idx = batch[rows]
-            yield self.augment.apply(self.gather(idx), params.select(rows)), idx.to(self.device), len(batch)
+            if on_device is not None:
+                idx = on_device[start:start + len(batch)][rows]
+                images = self.images[idx]
+            else:
+                ids = order[start:start + len(batch)][rows]
+                images, idx = self.gather(ids), ids.to(self.device, non_blocking=True)
+            start += len(batch)
+            yield self.augment.apply(images, params.select(rows)), idx, len(batch)
 
 
 class LoaderFeed:

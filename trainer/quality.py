@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .augment import DeviceAugment, device_eval
+from .augment import DeviceAugment
 from .config import AugmentConfig
 from .data import ArrayImages, ImageFolder
 from .model import Encoder
@@ -51,12 +51,12 @@ def sample_key(paths: list[str], ids: np.ndarray, seed: int) -> str:
     return h.hexdigest()[:16]
 
 
-def load_sample(ds: ImageFolder | ArrayImages, ids: np.ndarray, side: int) -> np.ndarray:
-    """The sampled images as one uint8 array, S x side x side x 3 (squashed to the square, as for small images)."""
+def load_sample(ds: ImageFolder | ArrayImages, ids: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """The sampled images as the image cache stores them (`pre.fit`): S x C x C x 3 uint8, C = pre.stored_size."""
+    side = pre.stored_size
     out = np.empty((len(ids), side, side, 3), dtype=np.uint8)
     for row, i in enumerate(ids):
-        img = ds.load(int(i))
-        out[row] = np.asarray(img if img.size == (side, side) else img.resize((side, side)))
+        out[row] = np.asarray(pre.fit(ds.load(int(i))))
     return out
 
 
@@ -99,7 +99,7 @@ def measure(encoder: Encoder, images: np.ndarray, ids: np.ndarray, gallery: torc
     for i in range(0, len(x), batch_size):
         rows = slice(i, min(i + batch_size, len(x)))
         views.append(encoder(augment.apply(x[rows], params.select(rows))).float())  # b x D
-        plain.append(encoder(device_eval(x[rows], pre)).float())  # b x D
+        plain.append(encoder(pre.device_eval(x[rows])).float())  # b x D: the eval transform
     v, p = torch.cat(views), torch.cat(plain)  # S x D each
     own = torch.from_numpy(ids).to(device)
     return {**self_retrieval(v, gallery.float(), own), "alignment": alignment(v, p), "uniformity": uniformity(p),

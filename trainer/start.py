@@ -14,7 +14,6 @@ import logging
 
 import torch
 
-from .augment import device_eval
 from .embed import load_model_and_config
 from .feed import DeviceFeed, LoaderFeed
 from .model import Encoder
@@ -45,7 +44,7 @@ def features_of_collection(encoder: Encoder, feed: DeviceFeed | LoaderFeed, pre:
     encoder.eval()
     if isinstance(feed, DeviceFeed):
         n = len(feed.host)  # N x S x S x 3 uint8: the arrays, or the image cache's squares
-        return torch.cat([encoder(device_eval(feed.gather(torch.arange(i, min(i + batch_size, n))), pre))  # b x D
+        return torch.cat([encoder(pre.device_eval(feed.gather(torch.arange(i, min(i + batch_size, n)))))  # b x D
                           for i in range(0, n, batch_size)])
     saved, feed.ds.transform = feed.ds.transform, pre.eval_transform()
     try:

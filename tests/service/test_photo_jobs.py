@@ -104,6 +104,7 @@ def test_photo_job_at_photo_resolution_in_the_worker_then_search_and_reindex(pho
     assert sorted(p.split("/")[-1] for p in export["skipped"]) == skipped
     assert job["metrics"]["skipped"] == len(skipped) and job["metrics"]["images"] == 40 + len(verdicts) - len(skipped)
     text = log.read_text()
+    assert "DeviceFeed path" in text and "PIL loader" not in text  # trained from the image cache
     assert "daemonic" not in text and all(f"skipping odd/{name}" in text for name in skipped)
 
     wait_for(lambda: client.get("/ready").json().get("version") == job["version"], 30, "API did not load it")
@@ -124,3 +125,18 @@ def test_job_overrides_win_over_the_policy(photo_stack):
     assert job["state"] == "succeeded", job
     cfg = job["metrics"]["train_config"]
     assert (cfg["image_size"], cfg["stem"], cfg["width"]) == (48, "imagenet", 8)  # the policy says cifar at 48
+
+
+def test_cpu_budget_hook_takes_the_policy_and_rescales_epochs_by_resolution(tmp_path):
+    from service.pipeline import training_config
+
+    settings = Settings(_env_file=None, collection_root=tmp_path, artifacts_dir=tmp_path, cpu_train_minutes=4.0)
+    photo = training_config(settings, {}, 5000, cuda=False, short_side=300)
+    small = training_config(settings, {}, 5000, cuda=False, short_side=32)
+    assert (photo.image_size, photo.stem, photo.width) == (96, "imagenet", 16)
+    assert (small.image_size, small.stem) == (32, "cifar")
+    assert photo.epochs > small.epochs  # 96 px with the ImageNet stem costs ~0.56x of 32 px with the CIFAR stem
+    pinned = training_config(settings, {"epochs": 3, "image_size": 128}, 5000, cuda=False, short_side=300)
+    assert (pinned.epochs, pinned.image_size) == (3, 128)
+    gpu = training_config(settings, {}, 5000, cuda=True, short_side=300)
+    assert (gpu.image_size, gpu.arch, gpu.width) == (224, "resnet50", 64)

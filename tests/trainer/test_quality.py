@@ -59,10 +59,9 @@ def test_measure_is_deterministic_and_rates_a_clean_identity_above_noise():
     pre = Preprocess.for_size(16, CIFAR10_MEAN, CIFAR10_STD)
     torch.manual_seed(0)
     encoder = build_encoder("airnet", 16, 16, width=8).eval()
-    from trainer.augment import device_eval
 
     with torch.no_grad():
-        gallery = encoder(device_eval(torch.from_numpy(images), pre))  # 24 x 16
+        gallery = encoder(pre.device_eval(torch.from_numpy(images)))  # 24 x 16
     ids = np.arange(24)
     first = measure(encoder, images, ids, gallery, pre, hflip=False)
     assert first == measure(encoder, images, ids, gallery, pre, hflip=False)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.augment import device_eval
 from trainer.config import AugmentConfig, TrainConfig
 from trainer.data import CIFAR10_MEAN, CIFAR10_STD
 from trainer.distributed import Dist
@@ -41,7 +40,7 @@ def test_bank_from_features_is_each_image_embedded_in_collection_order():
     enc = build_encoder("airnet", 16, 16, width=8)
     bank = features_of_collection(enc, feed, pre, "cpu", batch_size=8)  # N x D
     with torch.no_grad():  # reference: one image at a time
-        ref = torch.cat([enc.eval()(device_eval(torch.from_numpy(images[i:i + 1]), pre)) for i in range(40)])
+        ref = torch.cat([enc.eval()(pre.device_eval(torch.from_numpy(images[i:i + 1]))) for i in range(40)])
     torch.testing.assert_close(bank, ref, atol=1e-5, rtol=1e-5)
     assert torch.allclose(bank.norm(dim=1), torch.ones(40), atol=1e-5)
 

@@ -77,7 +77,8 @@ class JobOut(BaseModel):
     finished: datetime | None
     progress: dict[str, Any] = Field(description="phase (loading, training, embedding, indexing, publishing), "
                                                  "epoch, step, loss, knn_top1, images_per_s, eta_s")
-    version: str | None = Field(description="the version this job published")
+    version: str | None = Field(description="the version this job built: published unless metrics.published is "
+                                            "false (the promotion gate kept it back)")
     metrics: dict[str, Any]
     error: str | None
 

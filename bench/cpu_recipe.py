@@ -268,6 +268,7 @@ def main() -> None:
     pc.add_argument("--out", default="runs/cpu-check")
     pc.add_argument("--set", nargs="*", default=[], help="overrides of the job's config, key=value (YAML values)")
     args = p.parse_args()
+    torch.set_num_threads(getattr(args, "threads", 1) if isinstance(getattr(args, "threads", 1), int) else 1)
     print(f"Machine: {machine()}  \nCommand: `python {' '.join(sys.argv)}`  \n"
           f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
     if args.mode == "rates":

@@ -36,12 +36,14 @@ def load_initial_weights(encoder: Encoder, path: str, arch: str, dim: int, width
 @torch.no_grad()
 def features_of_collection(encoder: Encoder, feed: DeviceFeed | LoaderFeed, pre: Preprocess, device,
                            batch_size: int = 256) -> torch.Tensor:
-    """Every image's embedding with the eval transform, in eval mode -> N x D unit rows, in collection order.
+    """Every image's embedding with the eval transform -> N x D unit rows, in collection order.
 
-    Eval mode (BN running statistics) groups images better at random init than batch statistics do:
-    leave-one-out kNN 28.2% against 21.7% for airnet-w32 on 2,500 CIFAR-10 images (docs/cpu-recipe.md).
+    The network runs in training mode (batch statistics), as in the steps whose targets these rows become;
+    no gradient, so only the BN running statistics move. Eval-mode rows group images better at random init
+    (kNN 28.2% vs 21.7%) but, as targets of batch-statistics features, train worse: 23.1% vs 26.3% kNN
+    after the same budget (docs/cpu-recipe.md).
     """
-    encoder.eval()
+    encoder.train()
     if isinstance(feed, DeviceFeed):
         n = len(feed.host)  # N x S x S x 3 uint8: the arrays, or the image cache's squares
         return torch.cat([encoder(pre.device_eval(feed.gather(torch.arange(i, min(i + batch_size, n)))))  # b x D

@@ -86,7 +86,8 @@ class JobOut(BaseModel):
     attempt: int = Field(description="attempts started (more than 1 after a resume)")
     progress: dict[str, Any] = Field(description="phase (loading, training, embedding, indexing, publishing), "
                                                  "epoch, step, loss, knn_top1, images_per_s, eta_s")
-    version: str | None = Field(description="the version this job published")
+    version: str | None = Field(description="the version this job built: published unless metrics.published is "
+                                            "false (the promotion gate kept it back)")
     metrics: dict[str, Any] = Field(description="results; the training config only for callers with the key")
     error: str | None
 

@@ -39,8 +39,8 @@ def test_bank_from_features_is_each_image_embedded_in_collection_order():
     torch.manual_seed(0)
     enc = build_encoder("airnet", 16, 16, width=8)
     bank = features_of_collection(enc, feed, pre, "cpu", batch_size=8)  # N x D
-    with torch.no_grad():  # reference: one image at a time
-        ref = torch.cat([enc.eval()(pre.device_eval(torch.from_numpy(images[i:i + 1]))) for i in range(40)])
+    with torch.no_grad():  # reference: the same batches, each through training-mode BN on its own
+        ref = torch.cat([enc.train()(pre.device_eval(torch.from_numpy(images[i:i + 8]))) for i in range(0, 40, 8)])
     torch.testing.assert_close(bank, ref, atol=1e-5, rtol=1e-5)
     assert torch.allclose(bank.norm(dim=1), torch.ones(40), atol=1e-5)
 

@@ -20,7 +20,7 @@ from index import ArtifactStore, Embed, IndexConfig
 from trainer import policy
 from trainer.cache import cached_folder
 from trainer.config import TrainConfig
-from trainer.data import ImageFolder, scan_folder
+from trainer.data import scan_folder
 from trainer.distributed import local_device
 from trainer.embed import embed_dataset, load_model_and_config, write_export
 from trainer.preprocess import Preprocess
@@ -29,7 +29,7 @@ from trainer.train import TrainingCancelled, train
 
 from .collection import file_embedder
 from .jobs import Job, JobStore
-from .promotion import current_version, decide, export_quality, live_quality
+from .promotion import current_version, decide, export_quality, exported_collection, live_quality
 from .reporter import JobReporter, run_job
 from .runs import carry_from
 from .settings import Settings
@@ -50,6 +50,11 @@ CPU_RECIPE: dict[str, Any] = {"arch": "airnet", "width": 32, "bank_init": "featu
 # 250 of the width-16 ResNet-18 at batch 128 recorded by docs/jobs-benchmark.md, a ratio measured side by
 # side (docs/cpu-recipe.md)
 CPU_IMAGES_PER_S = 411.0
+# Photos on a CPU (trainer/policy.py: at least 64 px, the ImageNet stem): the recipe measured above is for small
+# images; for photos the policy's narrow ResNet-18 keeps the ImageNet stem's 4x cheaper maps (airnet would pay
+# the full resolution), with the bank fill, batch and schedule of the CPU recipe.
+CPU_PHOTO_RECIPE: dict[str, Any] = {**CPU_RECIPE, "arch": "resnet18", "width": 16}
+CPU_PHOTO_IMAGES_PER_S = 250.0  # ResNet-18 width 16 at 32 px with the CIFAR stem (docs/jobs-benchmark.md)
 MAX_CPU_EPOCHS = 50
 
 
@@ -57,7 +62,8 @@ def training_config(settings: Settings, overrides: dict[str, Any], n_images: int
                     short_side: int | None = None) -> TrainConfig:
     """The job's TrainConfig: file defaults (NPID_TRAIN_CONFIG), then the machine's budget, then overrides.
 
-    With a GPU: the paper's recipe (ResNet-18, 200 epochs). On a CPU: CPU_RECIPE and as many epochs as fit
+    With a GPU: the paper's recipe (ResNet-18, 200 epochs). On a CPU: CPU_RECIPE (CPU_PHOTO_RECIPE for photos)
+    and as many epochs as fit
     NPID_CPU_TRAIN_MINUTES, so a first version is live in minutes (a width set by the file or the request
     scales the rate by the square of the width ratio, a larger input by its pixel cost). Collections up to
     SOFTMAX_MAX_IMAGES use the exact softmax (tau 0.1, Table 1's best row) instead of NCE. Resolution, stem
@@ -67,10 +73,12 @@ def training_config(settings: Settings, overrides: dict[str, Any], n_images: int
     if cuda:
         budget: dict[str, Any] = {}
     else:
-        width = overrides.get("width") or base.get("width") or CPU_RECIPE["width"]  # 0: the policy's "auto"
-        rate = CPU_IMAGES_PER_S * (CPU_RECIPE["width"] / width) ** 2
+        photos = short_side is not None and not policy.is_small(short_side)
+        recipe, rate = (CPU_PHOTO_RECIPE, CPU_PHOTO_IMAGES_PER_S) if photos else (CPU_RECIPE, CPU_IMAGES_PER_S)
+        width = overrides.get("width") or base.get("width") or recipe["width"]  # 0: the policy's "auto"
+        rate *= (recipe["width"] / width) ** 2
         epochs = settings.cpu_train_minutes * 60 * rate / max(n_images, 1)
-        budget = {**CPU_RECIPE, "width": width, "epochs": epochs}
+        budget = {**recipe, "width": width, "epochs": epochs}
     if n_images <= SOFTMAX_MAX_IMAGES:  # exact softmax: the paper's best row, and stable on small collections
         budget.update(objective="softmax", temperature=0.1)
     merged = {**TrainConfig().to_dict(), **budget, **base, **overrides}
@@ -156,8 +164,7 @@ def _train(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, di
     metrics = train(cfg, on_progress=reporter.progress, should_stop=reporter.should_stop, resume=continuing)
 
     reporter.phase("measuring")
-    ds = ImageFolder(settings.collection_root)
-    ds.validate()
+    ds = exported_collection(run / "export", settings.collection_root)
     quality = export_quality(run / "export", ds, device)
     record_in_export(run / "export", quality)
     live = current_version(store)

@@ -11,6 +11,7 @@ can be published later by hand (`npid index publish VERSION`, or POST /versions/
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 
 from index import ArtifactStore, LoadedVersion
 from trainer import policy
-from trainer.data import ImageFolder
+from trainer.data import Collection, ImageFolder
 from trainer.embed import embed_dataset, load_model_and_config
 from trainer.preprocess import Preprocess
 from trainer.quality import GATE_FIGURE, load_sample, measure, sample_ids, sample_key
@@ -81,6 +82,14 @@ def live_quality(live: LoadedVersion, ds: ImageFolder, key: str, device) -> dict
     gallery = embed_dataset(encoder, ds, pre, device, progress=False).cpu().numpy()  # N x D
     figures = measure_model(encoder, pre, gallery, ds, device)
     return {**figures, "version": live.version, "remeasured": True}
+
+
+def exported_collection(export_dir: Path, root: Path) -> ImageFolder:
+    """The images an export embedded, in its row order: uploads made since and skipped files are not in it, so
+    a sample of its rows is a sample of its gallery."""
+    with open(export_dir / "items.jsonl") as fh:
+        paths = [json.loads(line)["path"] for line in fh]
+    return ImageFolder(root, collection=Collection(paths, None))
 
 
 def current_version(store: ArtifactStore) -> LoadedVersion | None:

@@ -97,9 +97,11 @@ class ImageFolder(torch.utils.data.Dataset):
     `validate()` once up front to drop bad files before training (ids stay dense and stable).
     """
 
-    def __init__(self, root: str | Path, transform: Callable | None = None, limit: int = 0):
+    def __init__(self, root: str | Path, transform: Callable | None = None, limit: int = 0,
+                 collection: Collection | None = None):
+        """collection: these files of root (e.g. the ones an export embedded), instead of scanning it."""
         self.root = Path(root)
-        self.collection = scan_folder(self.root)
+        self.collection = collection or scan_folder(self.root)
         if limit:
             self.collection = Collection(
                 self.collection.paths[:limit],

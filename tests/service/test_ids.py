@@ -113,7 +113,7 @@ def test_delete_an_upload_and_a_collection_image(make_settings, dirs):
         for image_id in ids:  # every other image
             assert client.delete(f"/images/{image_id}", headers=AUTH).status_code == 200
         last = client.delete(f"/images/{readded['id']}", headers=AUTH)
-        assert last.status_code == 409 and "last one" in last.json()["detail"]
+        assert last.status_code == 409 and "empty" in last.json()["detail"]
         assert client.get("/ready").json()["collection_size"] == 1
 
 

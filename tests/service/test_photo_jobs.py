@@ -83,7 +83,7 @@ def run_job(client, kind: str, body: dict | None = None) -> dict:
     assert r.status_code == 202, r.text
 
     def done():
-        job = client.get(f"/jobs/{r.json()['job_id']}").json()
+        job = client.get(f"/jobs/{r.json()['job_id']}", headers=KEY).json()  # with the key: the config too
         return job if job["state"] in ("succeeded", "failed", "cancelled") else None
 
     return wait_for(done, 240, f"{kind} job did not finish")

@@ -224,7 +224,7 @@ def _walk_through(stack: Stack, steps: Steps, project: Path) -> None:
         r = stack.post("/jobs/train", json={"epochs": 2, "image_size": 32})
         assert r.status_code == 202, r.text
         job = stack.finished_job(r.json()["job_id"])
-        assert job["state"] == "succeeded", job
+        assert job["state"] == "succeeded", f"the job {job['state']}: {job['error']}"
         stack.wait("the api serves the new version", lambda: stack.version() == job["version"], 60)
         return job
 

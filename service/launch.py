@@ -144,7 +144,7 @@ def _follow_job(base: str, headers: dict, job_id: str, children: list[Child]) ->
         if prog.get("epochs"):
             bar.total = prog["epochs"]
             bar.n = epochs_done(prog)
-        bar.set_description(f"first version: {prog.get('phase', job['state'])}")
+        bar.set_description_str(f"first version: {prog.get('phase', job['state'])}")
         bar.set_postfix({k: round(prog[k], 3) for k in ("loss", "images_per_s", "knn_top1") if prog.get(k)})
         bar.refresh()
         if job["state"] in ("succeeded", "failed", "cancelled"):
@@ -160,6 +160,8 @@ def run_up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, even where a shell started us ignoring it
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below on `kill` too
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))  # and when the terminal closes (the children, in
+    # sessions of their own, would not see that hangup and outlive us)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     folder = args.folder.resolve()
     args.artifacts.mkdir(parents=True, exist_ok=True)

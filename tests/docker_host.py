@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,8 @@ LOCAL_REDIS = "npid-local/redis:bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 PYTORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu/"
 HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
+# a fixed port: the URLs are build args, part of the layer cache's key, so they must not change between runs
+INDEX_PORT = 8765
 REDIS_DOCKERFILE = f"""FROM {LOCAL_BASE}
 RUN apt-get update && apt-get install -y --no-install-recommends redis-server redis-tools \\
  && rm -rf /var/lib/apt/lists/* && mkdir -p /data
@@ -168,18 +169,15 @@ def package_sources(say: Say, logs: Path) -> Iterator[dict[str, str]]:
     root = CACHE / "served-indexes"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    for n, index in enumerate(indexes):
-        (root / f"index{n}").symlink_to(index)
-    host = bridge_gateway()
-    with socket.socket() as s:  # a free port on the bridge address
-        s.bind((host, 0))
-        port = s.getsockname()[1]
+    for index in indexes:
+        (root / index.name).symlink_to(index)
+    host, port = bridge_gateway(), INDEX_PORT
     say(f"{PYTORCH_CPU_INDEX} is unreachable: serving pip's local indexes {[str(i) for i in indexes]} "
         f"to the build at http://{host}:{port}/")
     with (logs / "index-server.log").open("ab") as out:
         server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", host,
                                    "--directory", str(root)], stdout=out, stderr=subprocess.STDOUT)
-    urls = {i: f"http://{host}:{port}/index{n}/simple" for n, i in enumerate(indexes)}
+    urls = {i: f"http://{host}:{port}/{i.name}/simple" for i in indexes}
     torch_index = urls[with_torch[0]]
     try:
         deadline = time.monotonic() + 20

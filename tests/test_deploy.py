@@ -302,7 +302,7 @@ def test_every_build_arg_compose_passes_is_an_arg_of_the_dockerfile_and_empty_me
 def test_dockerfile_installs_the_project_on_its_own_torch_as_a_non_root_user():
     text = DOCKERFILE.read_text()
     assert re.search(r"^FROM \$\{CUDA_BASE:-nvidia/cuda:\S+-base-ubuntu\S+} AS base-gpu", text, re.M)
-    assert "pip install --no-cache-dir --no-deps ." in text and "-c constraints.txt" in text
+    assert "pip install --no-cache-dir --no-deps ." in text and "-c binary-pins.txt" in text
     (user,) = instructions("USER")
     assert user not in ("root", "0") and not user.startswith("0:")
     env = " ".join(instructions("ENV"))

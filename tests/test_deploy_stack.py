@@ -70,6 +70,19 @@ def compose_binary() -> list[str]:
     pytest.skip("neither `docker compose` nor docker-compose is installed (apt-get install docker-compose)")
 
 
+def children(pid: int) -> list[int]:
+    """The host pids whose parent is pid (from /proc/*/stat: field 4 after the parenthesised name)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def checkout(dest: Path) -> Path:
     """The repository's tracked files, as a user's clone would have them."""
     files = run(["git", "ls-files", "-z"], cwd=ROOT).stdout.split("\0")
@@ -185,7 +198,7 @@ def test_compose_stack_end_to_end(docker_host, tmp_path):
 
 
 def _walk_through(stack: Stack, steps: Steps, project: Path) -> None:
-    steps("build the CPU image (docker compose build)", lambda: stack("build", timeout=BUILD_TIMEOUT_S))
+    steps("build the CPU image (docker compose build)", lambda: stack("build", "--force-rm", timeout=BUILD_TIMEOUT_S))
     steps("up -d", lambda: stack("up", "-d"))
     steps("api /health answers", lambda: stack.wait("api /health", lambda: stack.get("/health").status_code == 200))
     assert stack.get("/ready").status_code == 503  # no version yet: unhealthy until the first job publishes
@@ -211,7 +224,7 @@ def _walk_through(stack: Stack, steps: Steps, project: Path) -> None:
         r = stack.post("/jobs/train", json={"epochs": 2, "image_size": 32})
         assert r.status_code == 202, r.text
         job = stack.finished_job(r.json()["job_id"])
-        assert job["state"] == "succeeded", job
+        assert job["state"] == "succeeded", f"the job {job['state']}: {job['error']}"
         stack.wait("the api serves the new version", lambda: stack.version() == job["version"], 60)
         return job
 
@@ -268,7 +281,7 @@ def _walk_through(stack: Stack, steps: Steps, project: Path) -> None:
         stack.wait("the job trains", lambda: stack.job(job_id)["progress"].get("phase") == "training", 300)
         container = stack.container("worker-cpu")
         init_pid = run(["docker", "inspect", "-f", "{{.State.Pid}}", container]).stdout.strip()
-        (celery_pid,) = Path(f"/proc/{init_pid}/task/{init_pid}/children").read_text().split()
+        (celery_pid,) = children(int(init_pid))  # docker-init's one child: `npid worker`, i.e. Celery's main process
         os.kill(int(celery_pid), 9)  # what the OOM killer does; the container exits and Docker restarts it
         steps.say(f"SIGKILLed the worker (host pid {celery_pid}) of job {job_id}")
         t0 = time.monotonic()

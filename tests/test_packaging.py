@@ -123,6 +123,7 @@ def test_clean_venv_install_runs_every_command(tmp_path):
 
     redis_url = os.environ.get("NPID_TEST_REDIS_URL", "redis://127.0.0.1:6379/3")  # issue 13's db
     (tmp_path / "images").mkdir()
+    (tmp_path / "artifacts").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NPID_") and k != "PYTHONPATH"}
     env.update(NPID_COLLECTION_ROOT=str(tmp_path / "images"), NPID_ARTIFACTS_DIR=str(tmp_path / "artifacts"),
                NPID_REDIS_URL=redis_url, NPID_API_KEY="k" * 24)

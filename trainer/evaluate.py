@@ -60,14 +60,15 @@ def final_evaluation(encoder, train_ds: Dataset, eval_ds: Dataset | None, pre: P
         if eval_y is not None:
             metrics["knn"] = knn_accuracy(eval_f, eval_y, train_f, train_y, ks, tau)
             metrics["knn_protocol"] = "eval set vs collection"
-            metrics["linear_probe_top1"] = linear_probe(train_f.cpu().numpy(), train_y.numpy(),
-                                                        eval_f.cpu().numpy(), eval_y.numpy())
+            if torch.unique(train_y).numel() > 1:  # a classifier needs two classes to learn from
+                metrics["linear_probe_top1"] = linear_probe(train_f.cpu().numpy(), train_y.numpy(),
+                                                            eval_f.cpu().numpy(), eval_y.numpy())
         else:
             metrics["knn"] = knn_accuracy(train_f, train_y, train_f, train_y, ks, tau, exclude_self=True)
             metrics["knn_protocol"] = "leave-one-out on the collection"
             split = np.random.default_rng(seed).random(len(train_y)) < 0.8
             x, y = train_f.cpu().numpy(), train_y.numpy()
-            if 0 < split.sum() < len(split):
+            if 0 < split.sum() < len(split) and np.unique(y[split]).size > 1:  # e.g. one first-level folder
                 metrics["linear_probe_top1"] = linear_probe(x[split], y[split], x[~split], y[~split])
                 metrics["linear_probe_protocol"] = "80/20 split of the collection"
     draw_neighbours(train_ds, train_f, eval_ds, eval_f, out / "neighbours.png", seed)

@@ -81,20 +81,25 @@ def test_last_line_of_a_log(tmp_path):
     assert last_line(log) == "second"
 
 
-def test_sigkilled_worker_is_restarted_search_keeps_answering_ctrl_c_stops_all(dirs, tmp_path):
-    collection, store = dirs
+def start_up(collection: Path, store: Path, tmp_path: Path) -> tuple[subprocess.Popen, Terminal, str, str]:
+    """`npid up` over a collection with a published version, on free ports, with a Redis URL where nothing
+    answers (so it starts its own redis-server); -> (process, its terminal, API base URL, Redis URL)."""
     api_port, redis_port = ports.free_port(), ports.free_port()
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"  # nothing answers there: `npid up` starts its own
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
     env = {k: v for k, v in os.environ.items() if not k.startswith("NPID_")}
     env.update(PYTHONPATH=str(ROOT), NPID_REDIS_URL=redis_url, NPID_API_KEY=KEY, NPID_POLL_INTERVAL_S="0.5",
                NPID_RATE_LIMIT_PER_MINUTE="0", NPID_WORKER_THREADS="1",
                NPID_KEEP_TRAINING="0")  # supervision alone: no background stages competing for the worker
-    logs = tmp_path / "logs"
     up = subprocess.Popen([sys.executable, "-m", "service.cli", "up", str(collection), "--artifacts", str(store),
-                           "--logs", str(logs), "--port", str(api_port)],
+                           "--logs", str(tmp_path / "logs"), "--port", str(api_port)],
                           cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    terminal = Terminal(up)
-    base = f"http://127.0.0.1:{api_port}"
+    return up, Terminal(up), f"http://127.0.0.1:{api_port}", redis_url
+
+
+def test_sigkilled_worker_is_restarted_search_keeps_answering_ctrl_c_stops_all(dirs, tmp_path):
+    collection, store = dirs
+    up, terminal, base, redis_url = start_up(collection, store, tmp_path)
+    logs = tmp_path / "logs"
     image = sorted(collection.glob("*/*.png"))[0]
     try:
         started = terminal.wait_for(r"started the worker \(pid (\d+)\) and the API \(pid (\d+)\)", 60)
@@ -134,3 +139,20 @@ def test_sigkilled_worker_is_restarted_search_keeps_answering_ctrl_c_stops_all(d
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(redis_url, socket_connect_timeout=1).ping()  # its own redis-server stopped
     assert alive(os.getpid())
+
+
+def test_closing_the_terminal_stops_what_npid_up_started(dirs, tmp_path):
+    """SIGHUP (the terminal window closed) stops the children too: they run in sessions of their own, so
+    without this they would outlive `npid up` (seen: a worker and a redis-server left running)."""
+    collection, store = dirs
+    up, terminal, base, redis_url = start_up(collection, store, tmp_path)
+    try:
+        started = terminal.wait_for(r"started the worker \(pid (\d+)\) and the API \(pid (\d+)\)", 60)
+        terminal.wait_for("npid-search is live", 180)
+    finally:
+        up.send_signal(signal.SIGHUP)
+        up.wait(timeout=90)
+    for pid in (int(started[1]), int(started[2])):
+        assert not alive(pid), f"pid {pid} outlived `npid up`"
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(redis_url, socket_connect_timeout=1).ping()

@@ -93,3 +93,12 @@ def test_resuming_a_different_run_is_refused(tmp_path, folder):
     with pytest.raises(ValueError, match="different run.*dim"):
         train(cfg.replace(dim=16, epochs=2))
     assert train(cfg.replace(epochs=2))["epochs"] == 2  # more epochs of the same run resume fine
+
+
+def test_one_first_level_folder_trains_without_a_linear_probe(tmp_path):
+    """All images under one first-level folder: a single label, on which no classifier can be fitted. The run
+    still completes (the deploy test's collection, `images/shapes/<texture>/`, found this) and reports kNN only."""
+    root = tmp_path / "images"
+    synthetic.make_folder(root / "shapes", per_class=6, size=16)
+    metrics = train(tiny(tmp_path, root, epochs=1, negatives=8, batch_size=8))
+    assert "knn" in metrics and "linear_probe_top1" not in metrics

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from trainer import losses  # noqa: E402
 from trainer.augment import Preprocess  # noqa: E402
 from trainer.bank import MemoryBank  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
+from trainer.config import AugmentConfig, TrainConfig  # noqa: E402
 from trainer.data import CIFAR10_MEAN, CIFAR10_STD, ImageFolder, load_cifar10  # noqa: E402
 from trainer.distributed import Dist  # noqa: E402
 from trainer.embed import embed_dataset  # noqa: E402
@@ -122,7 +122,7 @@ def throughput(args) -> str:
             learner = learner.to(memory_format=torch.channels_last)
         model = torch.compile(learner) if compiled else learner
         opt = torch.optim.SGD(learner.parameters(), lr=0.03, momentum=0.9)
-        feed = DeviceFeed(images, pre, False, args.batch, 0, torch.device("cpu"), Dist())
+        feed = DeviceFeed(images, pre, AugmentConfig(), args.batch, 0, torch.device("cpu"), Dist())
         autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
         times = []
         for step, (x, idx, global_batch) in enumerate(feed.epoch(0)):

@@ -54,19 +54,23 @@ class DeviceFeed:
     def steps(self, epoch: int) -> int:
         return len(epoch_batches(len(self.images), self.batch_size, self.seed, epoch))
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """The epoch's batches from step `start` on (a resume inside an epoch replays the rest exactly)."""
         _, height, width, _ = self.images.shape
         batches = epoch_batches(len(self.images), self.batch_size, self.seed, epoch)
-        order = torch.cat(batches).to(self.device)  # one copy of the epoch's ids, sliced per step below
-        start = 0
-        for step, batch in enumerate(batches):
+        order = torch.cat(batches)  # the epoch's ids, copied to the device once and sliced per step below
+        if self.device.type == "cuda":
+            order = order.pin_memory()
+        order = order.to(self.device, non_blocking=True)
+        offset = sum(len(b) for b in batches[:start])
+        for step, batch in enumerate(batches[start:], start):
             # drawn on the device for the global batch, so no step waits on the host
             g = torch.Generator(device=self.device).manual_seed(mix_seed(self.seed, epoch, step, 1))
             params = self.augment.sample(len(batch), height, width, g)
             b = len(local_slice(batch, self.d))
             rows = slice(self.d.rank * b, (self.d.rank + 1) * b)  # this rank's share
-            idx = order[start:start + len(batch)][rows]
-            start += len(batch)
+            idx = order[offset:offset + len(batch)][rows]
+            offset += len(batch)
             yield self.augment.apply(self.images[idx], params.select(rows)), idx, len(batch)
 
 
@@ -82,8 +86,10 @@ class LoaderFeed:
     def steps(self, epoch: int) -> int:
         return len(epoch_batches(len(self.ds), self.batch_size, self.seed, epoch))
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-        batches = epoch_batches(len(self.ds), self.batch_size, self.seed, epoch)
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """The epoch's batches from step `start` on (after a resume inside an epoch the augmentation draws
+        of the remaining steps differ from an uninterrupted run's: the worker seeds follow the batch list)."""
+        batches = epoch_batches(len(self.ds), self.batch_size, self.seed, epoch)[start:]
         torch.manual_seed(mix_seed(self.seed, epoch, 2))  # transforms in the main process (workers=0)
         loader = torch.utils.data.DataLoader(
             self.ds, batch_sampler=[local_slice(b, self.d).tolist() for b in batches],
@@ -91,4 +97,4 @@ class LoaderFeed:
             generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch, 3)),
         )
         for batch, (x, idx) in zip(batches, loader, strict=True):
-            yield x.to(self.device, non_blocking=True), idx.to(self.device), len(batch)
+            yield x.to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True), len(batch)

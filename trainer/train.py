@@ -73,6 +73,7 @@ class Progress:
     images_per_s: float | None = None
     eta_s: float | None = None
     knn_top1: float | None = None
+    epoch_done: bool = False  # True on the one report at the end of each epoch (loss: the epoch's mean)
 
 
 class Learner(nn.Module):
@@ -335,7 +336,7 @@ def end_epoch(run: Run, row: dict, report: Callable[[Progress], None]) -> None:
     if last or (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0):
         run.save_checkpoint(epoch)
     report(Progress("training", epoch, cfg.epochs, 1, 1, row["loss"], row["images_per_s"],
-                    knn_top1=row["knn_top1"]))
+                    knn_top1=row["knn_top1"], epoch_done=True))
 
 
 @contextlib.contextmanager

@@ -70,14 +70,18 @@ def pos_neg_logits(f: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, noise
                    tau: float) -> tuple[torch.Tensor, torch.Tensor]:
     """f: BxD, idx: B, noise: Bxm (per sample) or m (shared) -> (pos: B, neg: Bxm) dot products / tau.
 
-    Shared noise gathers one m x D block and makes one B x D x m product, where per-sample noise
-    gathers B x m x D rows (268 MB at B=128, m=4096, D=128) for a batched product.
+    Shared noise gathers one m x D block and makes one B x D x m product. Per-sample noise either scores
+    the whole bank once and picks the B x m logits (when n <= B m: one B x D x n product is cheaper than
+    moving B x m x D vectors, 268 MB at B=128, m=4096, D=128), or gathers those vectors for a batched
+    product (n > B m, as on ImageNet).
     """
     with _no_autocast(f):
         f = f.float() * (1.0 / tau)  # B x D
         pos = (f * bank.index_select(0, idx).float()).sum(1)  # B
         if noise.dim() == 1:
             neg = f @ bank.index_select(0, noise).float().t()  # B x m
+        elif bank.shape[0] <= noise.numel():
+            neg = _NoiseLogitsFromAllScores.apply(f, bank.float(), noise)  # B x m
         else:
             # index_select: one contiguous B*m x D copy, about twice as fast as bank[noise] on the CPU
             noise_vectors = bank.index_select(0, noise.reshape(-1)).view(*noise.shape, -1).float()  # B x m x D
@@ -101,6 +105,21 @@ class _PerSampleNoiseLogits(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (noise_vectors,) = ctx.saved_tensors
         return torch.bmm(grad[:, None, :], noise_vectors).squeeze(1), None  # B x 1 x m, B x m x D -> B x D
+
+
+class _NoiseLogitsFromAllScores(torch.autograd.Function):
+    """neg_bj = v_{noise_bj} . f_b read off the full B x n score matrix; gradient by a scatter and one product."""
+
+    @staticmethod
+    def forward(ctx, f: torch.Tensor, bank: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(bank, noise)
+        return (f @ bank.t()).gather(1, noise)  # B x D, N x D -> B x N -> B x m
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        bank, noise = ctx.saved_tensors
+        per_row = grad.new_zeros(grad.shape[0], bank.shape[0]).scatter_add_(1, noise, grad)  # B x N (repeats add)
+        return per_row @ bank, None, None  # B x D
 
 
 def estimate_z(neg_logits: torch.Tensor, n: int) -> torch.Tensor:

@@ -70,6 +70,22 @@ def test_pos_neg_logits_match_loop(batch):
     np.testing.assert_allclose(neg.numpy(), ref_neg, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("m", [M, 2])  # B m = 30 >= N = 20: from all scores; B m = 12 < N: gathered vectors
+def test_per_sample_noise_routes_match_float64_autograd(batch, m):
+    f, bank, idx, noise = batch
+    noise = noise[:, :m].contiguous()
+    noise[0, 1 % m] = noise[0, 0]  # a repeated id in one row: its gradient counts twice
+    weights = torch.linspace(-1, 1, B * m).view(B, m)
+    f32 = f.clone().requires_grad_(True)
+    _, neg = losses.pos_neg_logits(f32, bank, idx, noise, 0.1)
+    (neg * weights).sum().backward()
+    f64 = f.double().clone().requires_grad_(True)
+    ref = torch.einsum("bd,bmd->bm", f64, bank.double()[noise]) / 0.1
+    (ref * weights.double()).sum().backward()
+    torch.testing.assert_close(neg.double(), ref.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(f32.grad.double(), f64.grad, rtol=1e-5, atol=1e-5)
+
+
 def test_estimate_z_matches_loop(batch):
     f, bank, idx, noise = batch
     _, neg = losses.pos_neg_logits(f, bank, idx, noise, 0.07)

@@ -11,8 +11,9 @@ from trainer.config import TrainConfig
 from trainer.distributed import Dist
 from trainer.train import prepare, run_step
 
-# ResNet-18 forward + backward + SGD is most of it (about 1,000 ops at width 8); the NPID part is the rest
-STEP_OP_BUDGET = 1500
+# 667 ops with torch 2.14 (views aside): the batch's augmentation about 210, ResNet-18 forward + backward +
+# SGD most of the rest, the NPID part a few dozen; the budget leaves room for other torch versions
+STEP_OP_BUDGET = 800
 
 
 @pytest.fixture(scope="module")

@@ -341,9 +341,14 @@ def end_epoch(run: Run, row: dict, report: Callable[[Progress], None]) -> None:
 
 @contextlib.contextmanager
 def ctrl_c_at_step_boundary() -> Iterator[Callable[[], bool]]:
-    """Within: the first Ctrl-C only raises a flag (checked before each step), the second one interrupts."""
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False  # signals can only be handled on the main thread (a worker's job thread)
+    """Within: the first Ctrl-C only raises a flag (checked before each step), the second one interrupts.
+
+    Only where Ctrl-C has Python's default handler (a CLI run): a process that ignores SIGINT or handles it
+    itself (a Celery pool process, `npid up`) keeps its own handling, and so does any thread but the main one.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield lambda: False
         return
     pressed = threading.Event()
     previous = signal.getsignal(signal.SIGINT)

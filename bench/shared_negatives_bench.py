@@ -1,6 +1,6 @@
 """Shared vs per-sample NCE noise at reduced scale on the CPU: same run, same seed, one flag apart.
 
-    python bench/shared_negatives_bench.py [--limit 5000] [--epochs 8] [--negatives 512] [--width 16]
+    python bench/shared_negatives_bench.py [--limit 1000] [--epochs 3] [--negatives 80] [--width 8]
 
 Trains NPID-NCE on the first `--limit` CIFAR-10 training images twice, once with m noise ids per sample
 (the paper) and once with one set of m ids shared by the batch (`shared_negatives`), with m scaled to
@@ -29,10 +29,10 @@ from trainer.train import train  # noqa: E402
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cifar", default=str(ROOT.parent / "shared/data/cifar10"))
-    p.add_argument("--limit", type=int, default=5000)
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--negatives", type=int, default=512)
-    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--negatives", type=int, default=80)
+    p.add_argument("--width", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     print(f"Machine: {machine()}")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import signal
 import sys
@@ -151,7 +152,8 @@ def evaluate_jpeg_test(run: Path, jpeg_test: Path, device, tau: float) -> dict:
                             .split(":", 1)[1], "train")
     train_y = labels_of(train_ds)[: len(train_f)]
     test = ImageFolder(jpeg_test)
-    f = embed_dataset(encoder, test, pre, device, batch_size=1000, workers=8, progress=False)
+    f = embed_dataset(encoder, test, pre, device, batch_size=1000, workers=min(8, os.cpu_count() or 1),
+                      progress=False)
     return knn_accuracy(f, labels_of(test, train_ds), train_f, train_y, (200,), tau)
 
 

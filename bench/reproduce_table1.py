@@ -12,6 +12,8 @@ Phases, each under the script's own deadline (start + --budget-s; a phase is sto
   softmax  Table 1's exact-softmax row, 200 epochs (--softmax-epochs), tau 0.1
   nce      NCE m=4096 rows, tau 0.1 (the reference's CIFAR setting), for as many epochs as the time left
            allows at the softmax run's measured pace (at most --nce-epochs, lr x0.1 at 60% and 80%)
+  nce-shared  the same with one set of noise ids per batch (docs/nce-shared-negatives.md); not in the
+           default plan
 
 Everything lands in --out as it happens, at most 6 small files and no checkpoints: results.json
 (rewritten after every epoch: configs, per-row results, status, device, versions, command), log.jsonl
@@ -237,17 +239,17 @@ def main() -> None:
             elif phase == "softmax":
                 cfg = TrainConfig(**common, objective="softmax", epochs=args.softmax_epochs, limit=args.limit,
                                   knn_every=10, out=str(work / "softmax"))
-            elif phase == "nce":
+            elif phase in ("nce", "nce-shared"):
                 epochs = args.nce_epochs if pace is None else min(args.nce_epochs, int(left / (pace * 1.1)))
                 if epochs < min(5, args.nce_epochs):
-                    report.row("nce").update(status=f"skipped: {left:.0f} s left, {pace} s per epoch")
+                    report.row(phase).update(status=f"skipped: {left:.0f} s left, {pace} s per epoch")
                     report.save()
                     continue
-                cfg = TrainConfig(**common, objective="nce", negatives=4096, epochs=epochs, limit=args.limit,
-                                  milestones=(int(epochs * 0.6), int(epochs * 0.8)), knn_every=max(1, epochs // 20),
-                                  out=str(work / "nce"))
+                cfg = TrainConfig(**common, objective="nce", negatives=4096, shared_negatives=phase == "nce-shared",
+                                  epochs=epochs, limit=args.limit, milestones=(int(epochs * 0.6), int(epochs * 0.8)),
+                                  knn_every=max(1, epochs // 20), out=str(work / phase))
             else:
-                raise SystemExit(f"unknown phase {phase!r}: smoke | softmax | nce")
+                raise SystemExit(f"unknown phase {phase!r}: smoke | softmax | nce | nce-shared")
             if left < 30:
                 report.row(phase).update(status=f"skipped: {left:.0f} s left before the evaluation reserve")
                 report.save()

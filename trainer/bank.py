@@ -26,6 +26,6 @@ class MemoryBank(nn.Module):
 
     @torch.no_grad()
     def update(self, idx: torch.Tensor, features: torch.Tensor) -> None:
-        """v_i <- normalize(m v_i + (1 - m) f_i) for the batch's rows.  idx: B, features: B x D."""
-        mixed = self.momentum * self.vectors[idx] + (1 - self.momentum) * features.float()
-        self.vectors[idx] = F.normalize(mixed, dim=1)
+        """v_i <- normalize(m v_i + (1 - m) f_i) for the batch's rows (distinct ids).  idx: B, features: B x D."""
+        mixed = torch.lerp(features.float(), self.vectors.index_select(0, idx), self.momentum)  # B x D
+        self.vectors.index_copy_(0, idx, F.normalize(mixed, dim=1))

@@ -1,9 +1,10 @@
 """One typed config for a training run: the single source of truth.
 
-Defaults are the paper's CIFAR-10 recipe (Wu et al. 2018, and the authors' `lemniscate.pytorch`):
-ResNet-18, d=128, tau=0.07 for NCE / 0.1 for the full softmax in Table 1, bank momentum 0.5,
-SGD lr 0.03 momentum 0.9, 200 epochs, x0.1 at epochs 120 and 160. Where a default differs from the
-paper it says so in the comment.
+Defaults are the paper's CIFAR-10 recipe as the authors' `lemniscate.pytorch/cifar.py` runs it (Wu et al.
+2018): ResNet-18, d=128, m=4096 noise samples, tau=0.1 on CIFAR-size images (cifar.py's `--nce-t`; the
+paper says 0.07, which its ImageNet main.py uses and so do images > 64 px here), bank momentum 0.5, SGD
+lr 0.03 momentum 0.9 weight decay 5e-4, 200 epochs, x0.1 at epochs 120 and 160, no flip. Where a default
+differs from the paper it says so in the comment.
 """
 
 from __future__ import annotations
@@ -81,8 +82,11 @@ class TrainConfig:
 
     # --- objective ---
     objective: Objective = "nce"  # softmax: exact over all n; nce: m noise samples; infonce; parametric
-    temperature: float = 0.07  # tau (paper: 0.07; Table 1's full-softmax row used 0.1 in the reference code)
+    temperature: float | None = None  # tau; None: 0.1 for images <= 64 px (reference cifar.py's --nce-t, and
+    #   Table 1's softmax row), 0.07 otherwise (paper; its ImageNet main.py). DIFFERS from the paper's 0.07 on CIFAR
     negatives: int = 4096  # m, noise samples per positive (nce, infonce)
+    shared_negatives: bool = False  # one set of m noise ids per batch instead of per sample (not in the paper;
+    #   see docs/nce-shared-negatives.md)
     z_momentum: float = 0.0  # 0: Z fixed after the first batch (paper); >0: running average of Z
     bank_momentum: float = 0.5  # m in v <- normalize(m v + (1 - m) f)
     bank_init: BankInit = "random"  # random unit vectors (paper) | features: the network's embeddings at step 0
@@ -95,7 +99,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float | None = None  # None: policy (5e-4 small images as paper's CIFAR, 1e-4 photos as ImageNet)
     schedule: Schedule = "step"
-    milestones: tuple[int, ...] = (120, 160)  # epochs at which lr *= 0.1 (schedule=step)
+    milestones: tuple[int, ...] = (120, 160)  # epochs at which lr *= 0.1 (schedule=step). The reference's
+    #   cifar.py sets lr * 0.1 ** ((epoch - 80) // 40) from epoch 80: x0.1 at 120 and again at 160, as here
     warmup_epochs: int = 0  # linear warm-up (paper: none)
 
     # --- run ---
@@ -106,6 +111,8 @@ class TrainConfig:
     out: str = "runs/npid"
     knn_k: tuple[int, ...] = (200,)  # k values of the weighted kNN monitor (paper: 200)
     knn_every: int = 1  # epochs between kNN monitors (0: only at the end)
+    checkpoint_every: int = 10  # epochs between checkpoints (0: only at the end); always at cancel and Ctrl-C
+    log_every: int = 50  # steps between reads of the loss (each read waits for the device)
     progress: bool = True  # tqdm progress bar
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes saved with the run
 
@@ -113,7 +120,7 @@ class TrainConfig:
         self.milestones = tuple(int(m) for m in self.milestones)
         self.knn_k = tuple(int(k) for k in self.knn_k)
         problems = []
-        if self.temperature <= 0:
+        if self.temperature is not None and self.temperature <= 0:
             problems.append(f"temperature must be > 0 (got {self.temperature})")
         if not 0.0 <= self.bank_momentum < 1.0:
             problems.append(f"bank_momentum must be in [0, 1) (got {self.bank_momentum})")
@@ -129,6 +136,11 @@ class TrainConfig:
             problems.append(f"unknown bank_init {self.bank_init!r}")
         if self.data_path not in ("auto", "device", "loader"):
             problems.append(f"unknown data_path {self.data_path!r}")
+        for name in ("checkpoint_every", "knn_every"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if self.log_every < 1:
+            problems.append(f"log_every must be >= 1 (got {self.log_every})")
         for name in ("epochs", "batch_size", "dim"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
@@ -152,6 +164,10 @@ class TrainConfig:
     @property
     def flip(self) -> bool:
         return (not self.small_images) if self.hflip is None else self.hflip
+
+    @property
+    def tau(self) -> float:
+        return (0.1 if self.small_images else 0.07) if self.temperature is None else self.temperature
 
     @property
     def augmentation(self) -> AugmentConfig:

@@ -74,25 +74,26 @@ class DeviceFeed:
             rows = rows.pin_memory()
         return rows.to(self.device, non_blocking=True)
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """The epoch's batches from step `start` on (a resume inside an epoch replays the rest exactly)."""
         _, height, width, _ = self.host.shape
         batches = epoch_batches(len(self.host), self.batch_size, self.seed, epoch)
         order = torch.cat(batches)  # the epoch's ids, sliced per step below
-        on_device = order.to(self.device) if self.images is not None else None  # one copy per epoch
-        start = 0
-        for step, batch in enumerate(batches):
+        on_device = order.to(self.device, non_blocking=True) if self.images is not None else None  # one copy
+        offset = sum(len(b) for b in batches[:start])
+        for step, batch in enumerate(batches[start:], start):
             # drawn on the device for the global batch, so no step waits on the host
             g = torch.Generator(device=self.device).manual_seed(mix_seed(self.seed, epoch, step, 1))
             params = self.augment.sample(len(batch), height, width, g)
             b = len(local_slice(batch, self.d))
             rows = slice(self.d.rank * b, (self.d.rank + 1) * b)  # this rank's share
             if on_device is not None:
-                idx = on_device[start:start + len(batch)][rows]
+                idx = on_device[offset:offset + len(batch)][rows]
                 images = self.images[idx]
             else:
-                ids = order[start:start + len(batch)][rows]
+                ids = order[offset:offset + len(batch)][rows]
                 images, idx = self.gather(ids), ids.to(self.device, non_blocking=True)
-            start += len(batch)
+            offset += len(batch)
             yield self.augment.apply(images, params.select(rows)), idx, len(batch)
 
 
@@ -112,8 +113,10 @@ class LoaderFeed:
     def steps(self, epoch: int) -> int:
         return len(epoch_batches(len(self.ds), self.batch_size, self.seed, epoch))
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-        batches = epoch_batches(len(self.ds), self.batch_size, self.seed, epoch)
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """The epoch's batches from step `start` on (after a resume inside an epoch the augmentation draws
+        of the remaining steps differ from an uninterrupted run's: the worker seeds follow the batch list)."""
+        batches = epoch_batches(len(self.ds), self.batch_size, self.seed, epoch)[start:]
         torch.manual_seed(mix_seed(self.seed, epoch, 2))  # transforms in the main process (workers=0)
         loader = torch.utils.data.DataLoader(
             self.ds, batch_sampler=[local_slice(b, self.d).tolist() for b in batches],
@@ -121,4 +124,4 @@ class LoaderFeed:
             generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch, 3)),
         )
         for batch, (x, idx) in zip(batches, loader, strict=True):
-            yield x.to(self.device, non_blocking=True), idx.to(self.device), len(batch)
+            yield x.to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True), len(batch)

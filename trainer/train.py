@@ -1,7 +1,13 @@
-"""The NPID training loop: one function, `train(cfg)`, that writes everything into the run folder.
+"""The NPID training loop: `train(cfg)` writes everything into the run folder.
 
-run folder: config.yaml, checkpoint.pt (every epoch), log.jsonl (one row per epoch), curves.png,
-neighbours.png, collection_map.png, metrics.json, export/ (what the index consumes).
+run folder: config.yaml, checkpoint.pt (every cfg.checkpoint_every epochs, at the end, and when cancelled
+or interrupted), log.jsonl (one row per epoch), curves.png, neighbours.png, collection_map.png,
+metrics.json, export/ (what the index consumes).
+
+The phases, in order: `prepare` (device, data, model, optimiser, resume), then per epoch `train_epoch`
+(its steps: `run_step`) and `end_epoch` (kNN monitor, log row, checkpoint), then `finish` (final
+evaluation, pictures, export). A step never waits for the device: the loss is read every cfg.log_every
+steps, the checkpoint is written by a background thread, and nothing else reads a device value.
 """
 
 from __future__ import annotations
@@ -10,8 +16,10 @@ import contextlib
 import json
 import logging
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +29,7 @@ from tqdm import tqdm
 
 from . import policy
 from .cache import CacheUnavailable, cached_folder
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointWriter, checkpoint_state, code_version, read_checkpoint, restore
 from .config import TrainConfig
 from .data import (
     CIFAR10_MEAN,
@@ -51,7 +59,7 @@ class TrainingDiverged(RuntimeError):
 
 
 class TrainingCancelled(RuntimeError):
-    """`should_stop()` returned True; nothing was exported."""
+    """`should_stop()` returned True; the state was checkpointed, nothing was exported."""
 
 
 @dataclass
@@ -67,6 +75,7 @@ class Progress:
     images_per_s: float | None = None
     eta_s: float | None = None
     knn_top1: float | None = None
+    epoch_done: bool = False  # True on the one report at the end of each epoch (loss: the epoch's mean)
 
 
 class Learner(nn.Module):
@@ -84,13 +93,16 @@ class Learner(nn.Module):
 
 def step_noise(objective: NPIDObjective, seed: int, epoch: int, step: int, global_batch: int,
                d: Dist) -> torch.Tensor | None:
-    """This rank's rows of the global batch's noise ids: every rank draws the same B x m ids, then slices."""
+    """This rank's noise ids: every rank draws the same global B x m ids and takes its rows (shared: all m)."""
     if not objective.needs_noise:
         return None
     device = objective.bank.vectors.device
     g = torch.Generator(device=device).manual_seed(mix_seed(seed, epoch, step, 4))
+    noise = objective.draw_noise(global_batch, g, device)  # B x m, or m when shared
+    if noise.dim() == 1:
+        return noise
     b = global_batch // d.world
-    return objective.draw_noise(global_batch, g, device)[d.rank * b:(d.rank + 1) * b]  # b x m
+    return noise[d.rank * b:(d.rank + 1) * b]  # b x m
 
 
 def train_step(step_model: nn.Module, objective: NPIDObjective, optimizer: torch.optim.Optimizer,
@@ -108,7 +120,7 @@ def train_step(step_model: nn.Module, objective: NPIDObjective, optimizer: torch
 
 # fields that may change between an interrupted run and its resumption
 RESUMABLE_CHANGES = {"epochs", "device", "progress", "knn_every", "knn_k", "eval_data", "workers", "compile",
-                     "out", "extra"}
+                     "out", "extra", "checkpoint_every", "log_every"}
 
 
 def check_same_run(saved: dict, cfg: TrainConfig, ckpt: Path) -> None:
@@ -167,120 +179,249 @@ def start_state(cfg: TrainConfig, encoder: Encoder, objective: NPIDObjective, fe
         objective.bank.vectors.copy_(features_of_collection(encoder, feed, pre, device))  # N x D (this rank: all)
 
 
-def train(cfg: TrainConfig, on_progress: Callable[[Progress], None] | None = None,
-          should_stop: Callable[[], bool] | None = None, resume: bool = True) -> dict:
-    """Train NPID on cfg.data, evaluate, export. Returns the final metrics (also in metrics.json)."""
-    device = local_device(cfg.device)
-    d = init_from_env(device)
+@dataclass
+class EpochProgress:
+    """Where the epoch in progress stands; checkpointed with a cut inside an epoch to finish it exactly."""
+
+    step: int = 0  # steps done
+    loss_sum: torch.Tensor | None = None  # sum of the step losses (on the device, never read per step)
+    seen: int = 0  # images
+    seconds: float = 0.0  # time spent in it before a resume
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "loss_sum": self.loss_sum, "seen": self.seen, "seconds": self.seconds}
+
+
+@dataclass
+class Run:
+    """Everything one training run holds, built by `prepare` and used by the phases below."""
+
+    cfg: TrainConfig
+    device: torch.device
+    d: Dist
+    out: Path
+    ds: ImageFolder | ArrayImages
+    eval_ds: ImageFolder | ArrayImages | None
+    pre: Preprocess
+    feed: DeviceFeed | LoaderFeed
+    learner: Learner
+    optimizer: torch.optim.Optimizer
+    step_model: nn.Module
+    amp: bool
+    checkpoints: CheckpointWriter
+    version: str  # the code's git commit, read once
+    history: list[dict]
+    start_epoch: int = 0
+    resumed: EpochProgress | None = None  # the partial epoch a checkpoint cut, if any
+
+    @property
+    def objective(self) -> NPIDObjective:
+        return self.learner.objective
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+
+    def save_checkpoint(self, epoch: int, progress: EpochProgress | None = None) -> None:
+        """Queue a checkpoint (rank 0): `epoch` completed epochs plus `progress` into the next one."""
+        if not self.d.main:
+            return
+        self.checkpoints.save(checkpoint_state(
+            learner=self.learner, optimizer=self.optimizer, epoch=epoch, step=progress.step if progress else 0,
+            epoch_progress=progress.to_dict() if progress else {}, config=self.cfg.to_dict(), history=self.history,
+            version=self.version))
+
+
+def prepare(cfg: TrainConfig, device: torch.device, d: Dist, resume: bool, show: bool) -> Run:
+    """Data, model, optimiser, and the state of an interrupted run when there is one."""
     torch.manual_seed(cfg.seed)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    show = cfg.progress and d.main
-    report = on_progress if (on_progress and d.main) else (lambda p: None)
-    report(Progress("loading", epochs=cfg.epochs))
-
     cfg, ds, pre = open_training_data(cfg, device, show)
     eval_ds = open_dataset(cfg.eval_data, "test") if cfg.eval_data else None
     feed = make_feed(cfg, ds, pre, device, d)
-    n = len(ds)
     if d.main:
         cfg.save(out / "config.yaml")
-        log.info("training on %d images (%s path, %s, world %d): %s", n, type(feed).__name__, device, d.world,
-                 cfg.data)
+        log.info("training on %d images (%s path, %s, world %d): %s", len(ds), type(feed).__name__, device,
+                 d.world, cfg.data)
 
     encoder = build_encoder(cfg.arch, cfg.dim, cfg.image_size, cfg.width, cfg.stem)
-    objective = NPIDObjective(cfg, n, torch.Generator().manual_seed(mix_seed(cfg.seed, 7)))
+    objective = NPIDObjective(cfg, len(ds), torch.Generator().manual_seed(mix_seed(cfg.seed, 7)))
     objective.reduce_mean = lambda t: mean_over_ranks(t, d)
     learner = Learner(encoder, objective).to(device)
     amp = cfg.amp and device.type == "cuda"
     if amp:
         learner = learner.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(learner.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.decay)
-    start_epoch, history = 0, []
-    ckpt = out / "checkpoint.pt"
-    if resume and ckpt.exists():
-        check_same_run(torch.load(ckpt, map_location="cpu", weights_only=False)["config"], cfg, ckpt)
-        start_epoch, history, _ = load_checkpoint(ckpt, learner=learner, optimizer=optimizer)
-        log.info("resumed from %s at epoch %d", ckpt, start_epoch)
-    else:
-        start_state(cfg, learner.encoder, objective, feed, pre, device)
-        if d.main:
-            (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
+    optimizer = torch.optim.SGD(learner.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.decay)
     step_model: nn.Module = learner
     if d.enabled:
         step_model = nn.parallel.DistributedDataParallel(
             learner, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
     if cfg.compile:
         step_model = torch.compile(step_model)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+    run = Run(cfg, device, d, out, ds, eval_ds, pre, feed, learner, optimizer, step_model, amp,
+              CheckpointWriter(out / "checkpoint.pt"), code_version() if d.main else "", [])
+    if resume and run.checkpoints.path.exists():
+        resume_from_checkpoint(run)
+    else:
+        start_state(cfg, learner.encoder, objective, feed, pre, device)
+        if d.main:
+            (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
+    return run
 
-    if d.main and start_epoch < cfg.epochs:
-        tqdm.write(f"{'epoch':>5} {'loss':>9} {'kNN@1':>7} {'lr':>8} {'img/s':>8} {'time':>7}")
-    train_start = time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs):
-        learner.train()
-        steps = feed.steps(epoch)
-        t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
-                   unit="step")
-        for step, (x, idx, global_batch) in enumerate(feed.epoch(epoch)):
-            if should_stop and should_stop():
-                bar.close()
+
+def resume_from_checkpoint(run: Run) -> None:
+    path = run.checkpoints.path
+    blob = read_checkpoint(path)
+    check_same_run(blob["config"], run.cfg, path)
+    restore(blob, learner=run.learner, optimizer=run.optimizer)
+    run.start_epoch, run.history = blob["epoch"], blob["history"]
+    cut = blob.get("epoch_progress") or {}
+    if blob.get("step", 0) > 0:
+        run.resumed = EpochProgress(blob["step"], cut["loss_sum"].to(run.device), cut["seen"], cut["seconds"])
+    log.info("resumed from %s at epoch %d step %d", path, run.start_epoch, blob.get("step", 0))
+
+
+def run_step(run: Run, x: torch.Tensor, idx: torch.Tensor, global_batch: int, epoch: int, step: int,
+             steps: int) -> torch.Tensor:
+    """Learning rate, noise ids, one SGD step and bank update. -> the detached loss, still on the device."""
+    cfg = run.cfg
+    lr = lr_at(cfg, epoch + step / steps)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    noise = step_noise(run.objective, cfg.seed, epoch, step, global_batch, run.d)
+    if run.amp:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return train_step(run.step_model, run.objective, run.optimizer, x, idx, noise, run.d, run.autocast)
+
+
+def train_epoch(run: Run, epoch: int, progress: EpochProgress, report: Callable[[Progress], None],
+                should_stop: Callable[[], bool], train_start: float, show: bool) -> dict:
+    """The steps of one epoch (from progress.step on); updates `progress` after each. -> its log row."""
+    cfg, d = run.cfg, run.d
+    run.learner.train()
+    steps = run.feed.steps(epoch)
+    t0 = time.perf_counter() - progress.seconds
+    if progress.loss_sum is None:
+        progress.loss_sum = torch.zeros((), device=run.device)
+    bar = tqdm(total=steps, initial=progress.step, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
+               leave=False, unit="step")
+    with contextlib.closing(bar):
+        for step, (x, idx, global_batch) in enumerate(run.feed.epoch(epoch, progress.step), progress.step):
+            if should_stop():
+                progress.seconds = time.perf_counter() - t0
                 raise TrainingCancelled(f"cancelled at epoch {epoch + 1} step {step + 1}")
-            lr = lr_at(cfg, epoch + step / steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            noise = step_noise(objective, cfg.seed, epoch, step, global_batch, d)
-            if amp:
-                x = x.contiguous(memory_format=torch.channels_last)
-            loss = train_step(step_model, objective, optimizer, x, idx, noise, d, autocast)
-            loss_sum += loss
-            seen += global_batch
-            if step % 10 == 0 or step == steps - 1:
-                loss_now = mean_over_ranks(loss.detach(), d).item()
-                if not math.isfinite(loss_now):
-                    bar.close()
-                    raise TrainingDiverged(
-                        f"loss became {loss_now} at epoch {epoch + 1} step {step + 1} (lr {lr:.4g}, "
-                        f"tau {cfg.temperature}); lower the learning rate or raise the temperature")
-                rate = seen / (time.perf_counter() - t0)
+            loss = run_step(run, x, idx, global_batch, epoch, step, steps)
+            progress.loss_sum += loss
+            progress.seen += global_batch
+            progress.step = step + 1
+            if step % cfg.log_every == 0 or step == steps - 1:  # the only read of a device value in the loop
+                loss_now = check_finite(mean_over_ranks(loss, d).item(), epoch, step, cfg)
+                rate = progress.seen / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{loss_now:.4f}", img_s=f"{rate:.0f}")
-                done = epoch - start_epoch + (step + 1) / steps
-                remaining = (cfg.epochs - start_epoch - done) * (time.perf_counter() - train_start) / done
+                done = epoch - run.start_epoch + (step + 1) / steps
+                remaining = (cfg.epochs - run.start_epoch - done) * (time.perf_counter() - train_start) / done
                 report(Progress("training", epoch + 1, cfg.epochs, step + 1, steps, loss_now, rate, remaining))
             bar.update(1)
-        bar.close()
-        epoch_loss = mean_over_ranks(loss_sum / steps, d).item()
-        if not math.isfinite(epoch_loss):
-            raise TrainingDiverged(f"epoch {epoch + 1} mean loss is {epoch_loss}; lower the learning rate")
-        elapsed = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "loss": epoch_loss, "lr": lr, "images_per_s": seen / elapsed,
-               "epoch_s": elapsed, "knn_top1": None}
-        last = epoch + 1 == cfg.epochs
-        if d.main and cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or last):
-            knn = knn_monitor(learner.encoder, objective.bank.vectors, ds, eval_ds, pre, cfg.knn_k,
-                              cfg.temperature, device)
-            if knn:
-                row["knn_top1"] = knn[f"top1@{cfg.knn_k[0]}"]
-                row["knn"] = knn
-        history.append(row)
-        if d.main:
-            knn_txt = f"{row['knn_top1']:7.2f}" if row["knn_top1"] is not None else f"{'-':>7}"
-            tqdm.write(f"{epoch + 1:5d} {epoch_loss:9.4f} {knn_txt} {lr:8.4g} {row['images_per_s']:8.0f} "
-                       f"{elapsed:6.1f}s")
-            with open(out / "log.jsonl", "a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            save_checkpoint(ckpt, learner=learner, optimizer=optimizer, epoch=epoch + 1,
-                            config=cfg.to_dict(), history=history)
-            report(Progress("training", epoch + 1, cfg.epochs, steps, steps, epoch_loss,
-                            row["images_per_s"], knn_top1=row["knn_top1"]))
+    epoch_loss = mean_over_ranks(progress.loss_sum / steps, d).item()
+    if not math.isfinite(epoch_loss):
+        raise TrainingDiverged(f"epoch {epoch + 1} mean loss is {epoch_loss}; lower the learning rate")
+    elapsed = time.perf_counter() - t0
+    return {"epoch": epoch + 1, "loss": epoch_loss, "lr": lr_at(cfg, epoch + (steps - 1) / steps),
+            "images_per_s": progress.seen / elapsed, "epoch_s": elapsed, "knn_top1": None}
 
-    if not d.main:
+
+def check_finite(loss: float, epoch: int, step: int, cfg: TrainConfig) -> float:
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"loss became {loss} at epoch {epoch + 1} step {step + 1} (lr "
+                               f"{lr_at(cfg, epoch):.4g}, tau {cfg.tau}); lower the learning rate or raise the "
+                               "temperature")
+    return loss
+
+
+def end_epoch(run: Run, row: dict, report: Callable[[Progress], None]) -> None:
+    """kNN monitor, table row, log.jsonl, checkpoint when due (rank 0)."""
+    cfg, epoch = run.cfg, row["epoch"]
+    last = epoch == cfg.epochs
+    if run.d.main and cfg.knn_every and (epoch % cfg.knn_every == 0 or last):
+        knn = knn_monitor(run.learner.encoder, run.objective.bank.vectors, run.ds, run.eval_ds, run.pre, cfg.knn_k,
+                          cfg.tau, run.device)
+        if knn:
+            row["knn_top1"] = knn[f"top1@{cfg.knn_k[0]}"]
+            row["knn"] = knn
+    run.history.append(row)
+    if not run.d.main:
+        return
+    knn_txt = f"{row['knn_top1']:7.2f}" if row["knn_top1"] is not None else f"{'-':>7}"
+    tqdm.write(f"{epoch:5d} {row['loss']:9.4f} {knn_txt} {row['lr']:8.4g} {row['images_per_s']:8.0f} "
+               f"{row['epoch_s']:6.1f}s")
+    with open(run.out / "log.jsonl", "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    if last or (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0):
+        run.save_checkpoint(epoch)
+    report(Progress("training", epoch, cfg.epochs, 1, 1, row["loss"], row["images_per_s"],
+                    knn_top1=row["knn_top1"], epoch_done=True))
+
+
+@contextlib.contextmanager
+def ctrl_c_at_step_boundary() -> Iterator[Callable[[], bool]]:
+    """Within: the first Ctrl-C only raises a flag (checked before each step), the second one interrupts.
+
+    Only where Ctrl-C has Python's default handler (a CLI run): a process that ignores SIGINT or handles it
+    itself (a Celery pool process, `npid up`) keeps its own handling, and so does any thread but the main one.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield lambda: False
+        return
+    pressed = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum, frame):
+        pressed.set()
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield pressed.is_set
+    finally:
+        if signal.getsignal(signal.SIGINT) is on_sigint:
+            signal.signal(signal.SIGINT, previous)
+
+
+def train(cfg: TrainConfig, on_progress: Callable[[Progress], None] | None = None,
+          should_stop: Callable[[], bool] | None = None, resume: bool = True) -> dict:
+    """Train NPID on cfg.data, evaluate, export. Returns the final metrics (also in metrics.json)."""
+    device = local_device(cfg.device)
+    d = init_from_env(device)
+    show = cfg.progress and d.main
+    report = on_progress if (on_progress and d.main) else (lambda p: None)
+    report(Progress("loading", epochs=cfg.epochs))
+    run = prepare(cfg, device, d, resume, show)
+    cfg = run.cfg  # the policy has decided its "auto" fields
+    if run.d.main and run.start_epoch < cfg.epochs:
+        tqdm.write(f"{'epoch':>5} {'loss':>9} {'kNN@1':>7} {'lr':>8} {'img/s':>8} {'time':>7}")
+    train_start = time.perf_counter()
+    with ctrl_c_at_step_boundary() as interrupted:
+        stop = (lambda: interrupted() or should_stop()) if should_stop else interrupted
+        for epoch in range(run.start_epoch, cfg.epochs):
+            progress = run.resumed if epoch == run.start_epoch and run.resumed else EpochProgress()
+            try:
+                row = train_epoch(run, epoch, progress, report, stop, train_start, show)
+            except TrainingCancelled:
+                run.save_checkpoint(epoch, progress)  # the steps done so far: a rerun resumes from here
+                run.checkpoints.wait()
+                if interrupted():
+                    raise KeyboardInterrupt(f"interrupted at epoch {epoch + 1} step {progress.step + 1}; "
+                                            f"checkpoint in {run.checkpoints.path}") from None
+                raise
+            end_epoch(run, row, report)
+    run.checkpoints.wait()
+    if not run.d.main:
         return {}
-    return finish(cfg, learner.encoder, ds, eval_ds, pre, device, out, history, report, should_stop)
+    return finish(cfg, run.learner.encoder, run.ds, run.eval_ds, run.pre, run.device, run.out, run.history, report,
+                  should_stop)
 
 
 def finish(cfg: TrainConfig, encoder: Encoder, ds, eval_ds, pre: Preprocess, device, out: Path,
@@ -290,7 +431,7 @@ def finish(cfg: TrainConfig, encoder: Encoder, ds, eval_ds, pre: Preprocess, dev
     report(Progress("embedding", cfg.epochs, cfg.epochs))
     if history:
         plot_curves(history, out / "curves.png")
-    train_f, metrics = final_evaluation(encoder, ds, eval_ds, pre, cfg.knn_k, cfg.temperature, device, out,
+    train_f, metrics = final_evaluation(encoder, ds, eval_ds, pre, cfg.knn_k, cfg.tau, device, out,
                                         cfg.seed, cfg.progress)
     metrics.update({"images": len(ds), "skipped": len(ds.skipped), "epochs": cfg.epochs,
                     "train_seconds": sum(r["epoch_s"] for r in history),

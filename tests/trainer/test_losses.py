@@ -46,6 +46,20 @@ def test_full_softmax_matches_loop(batch, tau):
     assert got.item() == pytest.approx(ref, rel=1e-5)
 
 
+@pytest.mark.parametrize("tau", [0.07, 0.02])  # 0.02: 2/tau + ln n > 80, the log-softmax route
+def test_full_softmax_value_and_gradient_match_float64_autograd(batch, tau):
+    f, bank, idx, _ = batch
+    f32 = f.clone().requires_grad_(True)
+    loss = losses.full_softmax_loss(f32, bank, idx, tau)
+    loss.backward()
+    f64 = f.double().clone().requires_grad_(True)
+    ref = F.cross_entropy(f64 @ bank.double().t() / tau, idx)
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    torch.testing.assert_close(f32.grad.double(), f64.grad, rtol=1e-4, atol=1e-6)
+    assert not bank.requires_grad
+
+
 def test_pos_neg_logits_match_loop(batch):
     f, bank, idx, noise = batch
     tau = 0.07
@@ -54,6 +68,22 @@ def test_pos_neg_logits_match_loop(batch):
     ref_neg = np.array([[dot(bank[noise[b, j]], f[b]) / tau for j in range(M)] for b in range(B)])
     np.testing.assert_allclose(pos.numpy(), ref_pos, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(neg.numpy(), ref_neg, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("m", [M, 2])  # B m = 30 >= N = 20: from all scores; B m = 12 < N: gathered vectors
+def test_per_sample_noise_routes_match_float64_autograd(batch, m):
+    f, bank, idx, noise = batch
+    noise = noise[:, :m].contiguous()
+    noise[0, 1 % m] = noise[0, 0]  # a repeated id in one row: its gradient counts twice
+    weights = torch.linspace(-1, 1, B * m).view(B, m)
+    f32 = f.clone().requires_grad_(True)
+    _, neg = losses.pos_neg_logits(f32, bank, idx, noise, 0.1)
+    (neg * weights).sum().backward()
+    f64 = f.double().clone().requires_grad_(True)
+    ref = torch.einsum("bd,bmd->bm", f64, bank.double()[noise]) / 0.1
+    (ref * weights.double()).sum().backward()
+    torch.testing.assert_close(neg.double(), ref.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(f32.grad.double(), f64.grad, rtol=1e-5, atol=1e-5)
 
 
 def test_estimate_z_matches_loop(batch):
@@ -130,14 +160,16 @@ def test_proximal_term_matches_loop(batch):
     assert losses.proximal_term(f, f, lam).item() == 0.0
 
 
-def test_parametric_softmax_matches_loop(batch):
+@pytest.mark.parametrize("tau", [0.1, 1.0])
+def test_parametric_softmax_matches_loop(batch, tau):
+    """A cosine classifier: logits w_j.f / (|w_j| tau)."""
     f, _, idx, _ = batch
-    weight = torch.randn(N, D, generator=torch.Generator().manual_seed(5))
+    weight = torch.randn(N, D, generator=torch.Generator().manual_seed(5)) * 3
     ref = 0.0
     for b in range(B):
-        logits = [dot(weight[j], f[b]) for j in range(N)]
+        logits = [dot(weight[j], f[b]) / math.sqrt(dot(weight[j], weight[j])) / tau for j in range(N)]
         ref += -math.log(math.exp(logits[idx[b]]) / sum(math.exp(x) for x in logits))
-    assert losses.parametric_softmax_loss(f, weight, idx).item() == pytest.approx(ref / B, rel=1e-5)
+    assert losses.parametric_softmax_loss(f, weight, idx, tau).item() == pytest.approx(ref / B, rel=1e-5)
 
 
 def all_losses(f, bank, idx, noise, weight, tau=0.07):
@@ -151,7 +183,7 @@ def all_losses(f, bank, idx, noise, weight, tau=0.07):
         "nce": losses.nce_loss(pos, neg, z, N),
         "infonce": losses.infonce_loss(pos, neg),
         "proximal": losses.proximal_term(f, bank[idx], 30.0),
-        "parametric": losses.parametric_softmax_loss(f, weight, idx),
+        "parametric": losses.parametric_softmax_loss(f, weight, idx, tau),
     }
 
 
@@ -179,6 +211,48 @@ def test_losses_fp32_under_autocast(batch):
         torch.testing.assert_close(value, ref[name], rtol=1e-5, atol=1e-5, msg=name)
 
 
+# --- shared negatives: one set of m noise ids for the whole batch -----------------------------------
+
+
+def test_shared_noise_logits_match_loop(batch):
+    f, bank, idx, _ = batch
+    tau = 0.07
+    shared = torch.randint(N, (M,), generator=torch.Generator().manual_seed(9))
+    pos, neg = losses.pos_neg_logits(f, bank, idx, shared, tau)
+    assert neg.shape == (B, M)
+    ref_neg = np.array([[dot(bank[shared[j]], f[b]) / tau for j in range(M)] for b in range(B)])
+    np.testing.assert_allclose(neg.numpy(), ref_neg, rtol=1e-5, atol=1e-5)
+    # the same as per-sample noise whose every row is the shared set
+    _, neg_rows = losses.pos_neg_logits(f, bank, idx, shared.expand(B, M), tau)
+    torch.testing.assert_close(neg, neg_rows, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("tau", [0.07, 0.2])
+def test_nce_with_shared_noise_matches_loop(batch, tau):
+    f, bank, idx, _ = batch
+    shared = torch.randint(N, (M,), generator=torch.Generator().manual_seed(10))
+    pos, neg = losses.pos_neg_logits(f, bank, idx, shared, tau)
+    z = losses.estimate_z(neg, N).item()
+    ref = nce_reference(pos.double(), neg.double(), z, N)
+    assert losses.nce_loss(pos, neg, z, N).item() == pytest.approx(ref, rel=1e-5)
+
+
+def test_nce_gradient_matches_float64_autograd(batch):
+    """The softplus form's gradient equals autograd through the textbook log h form in float64."""
+    f, bank, idx, noise = batch
+    z, tau = 7.5, 0.1
+    f32 = f.clone().requires_grad_(True)
+    losses.nce_loss(*losses.pos_neg_logits(f32, bank, idx, noise, tau), z, N).backward()
+    f64 = f.double().clone().requires_grad_(True)
+    pos = (f64 * bank.double()[idx]).sum(1) / tau
+    neg = torch.einsum("bd,bmd->bm", f64, bank.double()[noise]) / tau
+    p_pos, p_neg = pos.exp() / z, neg.exp() / z
+    mpn = M / N
+    loss = -(torch.log(p_pos / (p_pos + mpn)) + torch.log(mpn / (p_neg + mpn)).sum(1)).mean()
+    loss.backward()
+    torch.testing.assert_close(f32.grad.double(), f64.grad, rtol=1e-4, atol=1e-6)
+
+
 # --- NPIDObjective: the normaliser Z --------------------------------------------------------------
 
 
@@ -197,7 +271,7 @@ def two_batches(obj):
         f = unit(B, D, seed=seed)
         idx = torch.randperm(N, generator=g)[:B]
         noise = obj.draw_noise(B, g, "cpu")
-        _, neg = losses.pos_neg_logits(f, obj.bank.vectors, idx, noise, obj.cfg.temperature)
+        _, neg = losses.pos_neg_logits(f, obj.bank.vectors, idx, noise, obj.cfg.tau)
         out.append((f, idx, noise, losses.estimate_z(neg, N).item()))
     return out
 
@@ -209,7 +283,7 @@ def test_z_fixed_after_first_batch():
     assert obj.z.item() == 0.0
     loss1 = obj(f1, i1, n1)
     assert obj.z.item() == pytest.approx(z1, rel=1e-6)
-    pos, neg = losses.pos_neg_logits(f1, obj.bank.vectors, i1, n1, obj.cfg.temperature)
+    pos, neg = losses.pos_neg_logits(f1, obj.bank.vectors, i1, n1, obj.cfg.tau)
     assert loss1.item() == pytest.approx(nce_reference(pos.double(), neg.double(), z1, N), rel=1e-5)
     obj(f2, i2, n2)
     assert obj.z.item() == pytest.approx(z1, rel=1e-6)  # unchanged by the second batch
@@ -233,3 +307,27 @@ def test_objective_proximal_adds_eq9_term():
     diff = prox(f, idx, noise) - plain(f, idx, noise)
     expected = losses.proximal_term(f, plain.bank.vectors[idx], lam).item()
     assert diff.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_shared_negatives_draw_one_set_per_batch():
+    shared = objective(shared_negatives=True)
+    noise = shared.draw_noise(B, torch.Generator().manual_seed(0), "cpu")
+    assert noise.shape == (M,) and noise.min() >= 0 and noise.max() < N
+    assert objective().draw_noise(B, torch.Generator().manual_seed(0), "cpu").shape == (B, M)
+    f, idx, _, _ = two_batches(shared)[0]
+    pos, neg = losses.pos_neg_logits(f, shared.bank.vectors, idx, noise, shared.cfg.tau)
+    expected = nce_reference(pos.double(), neg.double(), losses.estimate_z(neg, N).item(), N)
+    assert shared(f, idx, noise).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_z_state_is_a_python_flag_restored_with_the_state_dict():
+    obj = objective()
+    f, idx, noise, z1 = two_batches(obj)[0]
+    assert not obj.z_ready
+    obj(f, idx, noise)
+    assert obj.z_ready
+    fresh = objective()
+    fresh.load_state_dict(obj.state_dict())
+    assert fresh.z_ready and fresh.z.item() == pytest.approx(z1, rel=1e-6)
+    fresh.load_state_dict(objective().state_dict())  # a state before the first batch
+    assert not fresh.z_ready

@@ -1,6 +1,9 @@
 """End-to-end training on generated folders: learning, exact resume, divergence, bad files, export."""
 
 import json
+import os
+import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,28 +54,62 @@ def test_run_writes_export_logs_and_pictures(tmp_path, folder):
     np.testing.assert_allclose(again[0], emb[5], atol=1e-5)
 
 
-def test_resume_after_interrupted_epoch_equals_uninterrupted_run(tmp_path, folder):
-    cfg = tiny(tmp_path, folder, epochs=3, knn_every=0)
-    full = train(cfg.replace(out=str(tmp_path / "full")))
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, folder):
+    """A 3-epoch run (3 steps per epoch) that nothing interrupts: the reference for the resumed ones."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    cfg = tiny(tmp, folder, epochs=3, knn_every=0, checkpoint_every=2)
+    return cfg, train(cfg)
 
+
+def assert_same_run(a_dir, a_metrics, b_dir, b_metrics):
+    assert b_metrics["final_loss"] == a_metrics["final_loss"]
+    a = torch.load(a_dir / "checkpoint.pt", weights_only=False)
+    b = torch.load(b_dir / "checkpoint.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 3 and a["step"] == b["step"] == 0
+    for key in a["learner"]:
+        torch.testing.assert_close(a["learner"][key], b["learner"][key], rtol=0, atol=0, msg=key)
+    assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
+    np.testing.assert_array_equal(np.load(a_dir / "export" / "embeddings.npy"),
+                                  np.load(b_dir / "export" / "embeddings.npy"))
+
+
+def stop_at_call(k, action=lambda: True):
+    """should_stop that runs `action` at its k-th call (one call per step: 3 steps per epoch here)."""
     calls = {"n": 0}
 
-    def stop_in_second_epoch():
+    def should_stop():
         calls["n"] += 1
-        return calls["n"] > 4  # 3 steps per epoch: stop at epoch 2, step 2
+        return action() if calls["n"] == k else False
 
+    return should_stop
+
+
+def test_resume_after_cancel_inside_an_epoch_equals_uninterrupted_run(tmp_path, uninterrupted):
+    cfg, full = uninterrupted
+    cut = cfg.replace(out=str(tmp_path / "cut"))
     with pytest.raises(TrainingCancelled):
-        train(cfg.replace(out=str(tmp_path / "cut")), should_stop=stop_in_second_epoch)
+        train(cut, should_stop=stop_at_call(5))  # epoch 2, before step 2
     assert not (tmp_path / "cut" / "export").exists()
-    resumed = train(cfg.replace(out=str(tmp_path / "cut")))
+    saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    assert (saved["epoch"], saved["step"]) == (1, 1)  # written at the cancel, mid-epoch
+    assert_same_run(Path(cfg.out), full, tmp_path / "cut", train(cut))
 
-    assert resumed["final_loss"] == full["final_loss"]
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["learner"]
-    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["learner"]
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
-    np.testing.assert_array_equal(np.load(tmp_path / "full" / "export" / "embeddings.npy"),
-                                  np.load(tmp_path / "cut" / "export" / "embeddings.npy"))
+
+def test_ctrl_c_checkpoints_at_the_step_boundary_and_resumes_exactly(tmp_path, uninterrupted):
+    cfg, full = uninterrupted
+    cut = cfg.replace(out=str(tmp_path / "cut"))
+
+    def press_ctrl_c():
+        os.kill(os.getpid(), signal.SIGINT)  # delivered now; training stops before the next step
+        return False
+
+    with pytest.raises(KeyboardInterrupt, match="checkpoint"):
+        train(cut, should_stop=stop_at_call(7, press_ctrl_c))  # epoch 3: its first step runs, not the second
+    saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    assert (saved["epoch"], saved["step"]) == (2, 1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C handling restored
+    assert_same_run(Path(cfg.out), full, tmp_path / "cut", train(cut))
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path, folder):

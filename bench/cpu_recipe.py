@@ -169,7 +169,7 @@ def check(args) -> str:
                              artifacts_dir=Path(args.out))
     cfg = training_config(settings, overrides, len(ds), cuda=False)
     cfg = cfg.replace(data=args.data, out=args.out, progress=False, knn_every=0)
-    pixels = raw_pixels_knn(ds, cfg.temperature)
+    pixels = raw_pixels_knn(ds, cfg.tau)
     t = time.perf_counter()
     metrics = train(cfg, resume=False)
     wall = time.perf_counter() - t

@@ -26,8 +26,7 @@ blend slots, one hue shift for everyone, and three "after hue" slots, a slot bei
 samples it does not concern. About 210 aten ops (views aside) per batch whatever its size
 (tests/trainer/test_augment.py).
 
-`device_eval` is the deterministic eval transform (resize the shorter side, centre crop) for a uint8
-batch on the device.
+The deterministic eval transform on the device is `Preprocess.device_eval` (trainer/preprocess.py).
 """
 
 from __future__ import annotations
@@ -265,25 +264,3 @@ class DeviceAugment:
         return self.apply(images, self.sample(b, height, width, g))
 
 
-def device_eval(images: torch.Tensor, pre: Preprocess) -> torch.Tensor:
-    """The eval transform for a uint8 batch on the device: BxHxWx3 uint8 -> Bx3xSxS normalised.
-
-    Small images are squashed to S x S (as `Preprocess.eval_transform`); larger ones get the shorter side
-    resized to `pre.resize` (bilinear, antialiased) and the centre S x S crop.
-    """
-    x = images.permute(0, 3, 1, 2).float().div_(255)  # B x 3 x H x W
-    height, width = x.shape[-2:]
-    size = pre.image_size
-    if pre.resize == size:
-        target = (size, size)
-    elif height <= width:
-        target = (pre.resize, int(pre.resize * width / height))
-    else:
-        target = (int(pre.resize * height / width), pre.resize)
-    if (height, width) != target:
-        x = F.interpolate(x, size=target, mode="bilinear", antialias=True, align_corners=False)
-    top, left = int(round((target[0] - size) / 2)), int(round((target[1] - size) / 2))
-    x = x[:, :, top:top + size, left:left + size]
-    mean = torch.tensor(pre.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(pre.std, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std

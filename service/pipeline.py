@@ -56,6 +56,7 @@ CPU_IMAGES_PER_S = 411.0
 CPU_PHOTO_RECIPE: dict[str, Any] = {**CPU_RECIPE, "arch": "resnet18", "width": 16}
 CPU_PHOTO_IMAGES_PER_S = 250.0  # ResNet-18 width 16 at 32 px with the CIFAR stem (docs/jobs-benchmark.md)
 MAX_CPU_EPOCHS = 50
+JOB_CHECKPOINTS = 20  # checkpoints over a job's run
 
 
 def training_config(settings: Settings, overrides: dict[str, Any], n_images: int, cuda: bool,
@@ -86,6 +87,9 @@ def training_config(settings: Settings, overrides: dict[str, Any], n_images: int
     merged["epochs"] = max(1, int(merged["epochs"]))
     merged["negatives"] = max(1, min(merged["negatives"], n_images - 1))
     merged["knn_every"] = base.get("knn_every", 5)
+    # a job whose worker dies resumes from its last checkpoint (POST /jobs/<id>/resume): about 20 per run, at
+    # least one per epoch on a short CPU budget; the writer runs in the background, off the step
+    merged["checkpoint_every"] = overrides.get("checkpoint_every", max(1, merged["epochs"] // JOB_CHECKPOINTS))
     cfg = policy.resolve(TrainConfig.from_dict(merged), short_side, cuda)
     if from_budget:  # the rate was measured at 32 px: rescale for this resolution and backbone
         cost = policy.cost_per_image(cfg.image_size, cfg.stem, cfg.arch)

@@ -238,13 +238,15 @@ def test_sigkilled_worker_fails_the_job_frees_the_lock_and_old_version_serves(st
     version = current(settings)
     job_id = client.post("/jobs/train", json={"epochs": 200}, headers=KEY).json()["job_id"]
     running_with_progress(client, job_id)
-    wait_for(lambda: client.get(f"/jobs/{job_id}").json()["progress"].get("epoch", 0) >= 3, 60, "no 3rd epoch")
+    # 200 epochs: a checkpoint every 10 (service/pipeline.py, JOB_CHECKPOINTS); die after the first
+    wait_for(lambda: client.get(f"/jobs/{job_id}").json()["progress"].get("epoch", 0) >= 12, 120, "no 12th epoch")
     worker.kill()
     job = finished(client, job_id, LOCK_TTL_S + 30)
     assert job["state"] == "failed" and "worker lost" in job["error"]
     assert current(settings) == version and search(client)["version"] == version
     assert checkpoint_of(settings.artifacts_dir, job_id).exists()  # a failed training run keeps its checkpoint
-    died_at = job["progress"]["epoch"]
+    ckpt = checkpoint_of(settings.artifacts_dir, job_id)
+    saved_at = torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]
 
     r = client.post(f"/jobs/{job_id}/resume", headers=KEY)  # no worker yet
     assert r.status_code == 503 and "no worker" in r.json()["detail"] and r.headers["Retry-After"]
@@ -253,7 +255,7 @@ def test_sigkilled_worker_fails_the_job_frees_the_lock_and_old_version_serves(st
     r = client.post(f"/jobs/{job_id}/resume", headers=KEY)
     assert r.status_code == 202, r.text
     seen = running_with_progress(client, job_id)
-    assert seen["attempt"] == 2 and seen["progress"]["epoch"] >= max(died_at, 2)  # continued, not restarted from zero
+    assert seen["attempt"] == 2 and seen["progress"]["epoch"] >= max(saved_at, 2)  # continued, not restarted from zero
     assert client.post(f"/jobs/{job_id}/cancel", headers=KEY).status_code == 202
     assert finished(client, job_id, 60)["state"] == "cancelled"
     r = client.post("/jobs/train", json={"epochs": 1}, headers=KEY)  # lock released
@@ -267,7 +269,7 @@ def test_sigkilled_worker_fails_the_job_frees_the_lock_and_old_version_serves(st
 
 def test_redis_restart_mid_job_the_job_survives_and_publishes(stack):
     client, settings, server, _ = stack
-    job_id = client.post("/jobs/train", json={"epochs": 30}, headers=KEY).json()["job_id"]
+    job_id = client.post("/jobs/train", json={"epochs": 30, "publish": "always"}, headers=KEY).json()["job_id"]
     running_with_progress(client, job_id)
     server.stop()
     time.sleep(LOCK_TTL_S / 2)  # away for half a lease: progress reports and cancel checks retry meanwhile
@@ -299,7 +301,7 @@ def test_adds_and_deletes_during_training_survive_its_publish(stack):
     wait_for(lambda: client.get("/ready").json().get("version") == current(settings), 20, "API not on current")
     before = client.get("/ready").json()
     victim = search(client)["results"][0]
-    r = client.post("/jobs/train", json={"epochs": 40}, headers=KEY)
+    r = client.post("/jobs/train", json={"epochs": 40, "publish": "always"}, headers=KEY)
     assert r.status_code == 202, r.text
     running_with_progress(client, r.json()["job_id"])
     upload = png_bytes(seed=77)
@@ -313,8 +315,9 @@ def test_adds_and_deletes_during_training_survive_its_publish(stack):
     assert manifest["origin"]["kind"] == "build" and manifest["origin"]["rebased"]["carried"] == 1
     image_id = added.json()["id"]
     assert client.get(f"/images/{image_id}").content == upload  # the same id, after the retrain
-    hit = client.post("/search", files={"file": ("q.png", upload, "image/png")}, params={"k": 1}).json()
-    assert hit["version"] == job["version"] and hit["results"][0]["id"] == image_id
-    assert hit["results"][0]["score"] > 0.999  # embedded with the new model, like the query
+    hits = client.post("/search", files={"file": ("q.png", upload, "image/png")}, params={"k": 100}).json()
+    assert hits["version"] == job["version"]
+    own = next(h for h in hits["results"] if h["id"] == image_id)  # embedded with the new model, like the query:
+    assert own["score"] > 0.999 and own["score"] >= hits["results"][0]["score"] - 1e-6  # (a tiny model may tie)
     assert client.get(f"/images/{victim['id']}").status_code == 404
     assert client.get("/ready").json()["collection_size"] == before["collection_size"]

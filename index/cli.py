@@ -20,6 +20,8 @@ import functools
 import json
 import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -30,6 +32,7 @@ from .metadata import display_path
 from .search import MAX_K, Hit
 
 DEFAULT_STORE = "artifacts/index"
+EmbedImage = Callable[[Path, str], np.ndarray]  # (version directory, image file) -> 1 x D
 EXIT_ERROR = 2
 
 
@@ -106,8 +109,9 @@ def cmd_search(args) -> int:
     if not 1 <= args.k <= MAX_K:
         raise ValueError(f"-k must be between 1 and {MAX_K}")
     lv = _store(args).load(args.version)
-    if args.image is not None:
-        query, exclude = embed_image(lv, args.image), None
+    image = getattr(args, "image", None)
+    if image is not None:
+        query, exclude = query_vector(lv, args.embed_image, image), None
     else:
         try:
             query, exclude = lv.searcher.vector(args.id), args.id
@@ -115,7 +119,7 @@ def cmd_search(args) -> int:
             raise IndexStoreError(f"id {args.id} is not in version {lv.version}") from None
     k = min(args.k + (exclude is not None), MAX_K)  # a search by id finds the item itself first: leave it out
     hits = [h for h in lv.searcher.search(query, k, args.min_score)[0] if h.id != exclude][: args.k]
-    payload = {"version": lv.version, "query": {"image": args.image, "id": args.id},
+    payload = {"version": lv.version, "query": {"image": image, "id": args.id},
                "hits": [{"rank": r, "score": h.score, **h.item.to_dict()} for r, h in enumerate(hits, 1)]}
     _emit(args, payload, format_hits(hits) if hits else "no results")
     return 0
@@ -130,16 +134,12 @@ def cmd_stats(args) -> int:
     return 0
 
 
-def embed_image(lv: LoadedVersion, image: str) -> np.ndarray:
-    """Embed an image file with the version's own model and preprocessing -> 1 x D."""
-    from trainer.data import load_rgb  # torch is imported only when a query image is embedded
-    from trainer.embed import Embedder
-
+def query_vector(lv: LoadedVersion, embed_image: EmbedImage, image: str) -> np.ndarray:
+    """An image file embedded with the version's own model and preprocessing -> 1 x D, checked against the index."""
     try:
-        embedder = Embedder.from_dir(lv.directory)
+        vector = embed_image(lv.directory, image)  # 1 x D'
     except (RuntimeError, KeyError) as e:
         raise IndexStoreError(f"cannot load the model of {lv.version}: {e}") from e
-    vector = embedder.embed([load_rgb(image)])  # 1 x D'
     if vector.shape[1] != lv.dim:
         raise DimensionMismatchError(f"the model of {lv.version} embeds to {vector.shape[1]} dimensions, "
                                      f"its index holds {lv.dim}")
@@ -213,8 +213,12 @@ def version_stats(lv: LoadedVersion, current: str | None) -> dict:
 # ------------------------------------------------------------------------------------------ parser
 
 
-def register(subparsers) -> None:
-    """Add `index` and its actions to the `npid` parser (service/cli.py)."""
+def register(subparsers, embed_image: EmbedImage | None = None) -> None:
+    """Add `index` and its actions to the `npid` parser (service/cli.py).
+
+    embed_image: how a query image file becomes a vector. The index knows no models: the service passes the
+    trainer's embedding; without it, search takes --id only.
+    """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", default=os.environ.get("NPID_ARTIFACTS_DIR", DEFAULT_STORE),
                         help="artifact store root (default: $NPID_ARTIFACTS_DIR, else %(default)s)")
@@ -253,12 +257,13 @@ def register(subparsers) -> None:
 
     s = sub.add_parser("search", parents=[common, printing], help="nearest neighbours of an image or an id")
     query = s.add_mutually_exclusive_group(required=True)
-    query.add_argument("--image", help="image file, embedded with the version's own model")
+    if embed_image is not None:
+        query.add_argument("--image", help="image file, embedded with the version's own model")
     query.add_argument("--id", type=int, help="an indexed item (left out of its own results)")
     s.add_argument("--version", help="version to search (default: current)")
     s.add_argument("-k", type=int, default=10, help=f"results, 1 to {MAX_K} (default %(default)s)")
     s.add_argument("--min-score", type=float, help="leave out results under this cosine similarity")
-    s.set_defaults(func=cmd_search)
+    s.set_defaults(func=cmd_search, embed_image=embed_image)
 
     st = sub.add_parser("stats", parents=[common, printing], help="one version in detail, verified")
     st.add_argument("--version", help="default: current")

@@ -22,7 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
             if e.name != name:
                 raise
             continue
-        module.register(sub)
+        if name == "index.cli":  # the index knows no models: a query image is embedded by the trainer's code
+            from .commands import embed_image_file
+
+            module.register(sub, embed_image=embed_image_file)
+        else:
+            module.register(sub)
     return parser
 
 

@@ -1,9 +1,13 @@
-"""`npid serve`: the HTTP API and web page under uvicorn. Settings come from NPID_* variables and .env."""
+"""`npid serve`: the HTTP API and web page under uvicorn. Settings come from NPID_* variables and .env.
+Also the query embedding that `npid index search --image` uses (the index itself knows no models)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+import numpy as np
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,3 +32,11 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=settings.log_level.lower())
     return 0
+
+
+def embed_image_file(version_dir: Path, image: str) -> np.ndarray:
+    """An image file embedded with a version's own model and preprocessing -> 1 x D."""
+    from trainer.data import load_rgb  # torch is imported only when a query image is embedded
+    from trainer.embed import Embedder
+
+    return Embedder.from_dir(version_dir).embed([load_rgb(image)])

@@ -13,6 +13,7 @@ import pytest
 
 from index import ArtifactStore
 from index.cli import register
+from service.commands import embed_image_file  # the `npid` program wires the trainer's embedding in
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -20,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 def npid(*argv: str) -> int:
     """The `npid` dispatcher's contract (service/cli.py): parse, then return args.func(args)."""
     parser = argparse.ArgumentParser(prog="npid")
-    register(parser.add_subparsers(dest="command", required=True))
+    register(parser.add_subparsers(dest="command", required=True), embed_image=embed_image_file)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -56,13 +56,11 @@ def photo_folder(directory: Path, n: int) -> Path:
     return directory
 
 
-def steps_per_s(feed, learner: Learner, cfg: TrainConfig, steps: int) -> float:
-    """Images/s of full training steps (one warm-up step not counted)."""
-    optimizer = torch.optim.SGD(learner.parameters(), lr=0.01, momentum=0.9)
+def timed_images_per_s(batches, steps: int, work) -> float:
+    """Images/s of `work(step, x, idx, b)` over `steps` batches after one warm-up batch (not counted)."""
     seen, t0 = 0, None
-    for step, (x, idx, b) in enumerate(feed.epoch(0)):
-        noise = step_noise(learner.objective, cfg.seed, 0, step, b, Dist())
-        train_step(learner, learner.objective, optimizer, x, idx, noise, Dist())
+    for step, (x, idx, b) in enumerate(batches):
+        work(step, x, idx, b)
         if step == 0:
             t0 = time.perf_counter()
             continue
@@ -70,20 +68,26 @@ def steps_per_s(feed, learner: Learner, cfg: TrainConfig, steps: int) -> float:
         if step == steps:
             break
     return seen / (time.perf_counter() - t0)
+
+
+def steps_per_s(feed, learner: Learner, cfg: TrainConfig, steps: int) -> float:
+    """Images/s of full training steps."""
+    optimizer = torch.optim.SGD(learner.parameters(), lr=0.01, momentum=0.9)
+
+    def step_once(step, x, idx, b):
+        noise = step_noise(learner.objective, cfg.seed, 0, step, b, Dist())
+        train_step(learner, learner.objective, optimizer, x, idx, noise, Dist())
+
+    return timed_images_per_s(feed.epoch(0), steps, step_once)
 
 
 def input_per_s(feed, steps: int) -> float:
     """Images/s of the input path alone: batches decoded/gathered and augmented, no model."""
-    seen, t0 = 0, None
-    for step, (x, _, b) in enumerate(feed.epoch(1)):
+
+    def check(step, x, idx, b):
         assert x.dtype == torch.float32
-        if step == 0:
-            t0 = time.perf_counter()
-            continue
-        seen += b
-        if step == steps:
-            break
-    return seen / (time.perf_counter() - t0)
+
+    return timed_images_per_s(feed.epoch(1), steps, check)
 
 
 def bench_train(args) -> None:

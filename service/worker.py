@@ -53,8 +53,8 @@ def _end_presence(**_) -> None:
     _leaving.set()
     try:
         _job_store().worker_gone(NAME)
-    except JobsUnavailable:
-        pass  # its presence expires by itself
+    except JobsUnavailable as e:  # its presence expires by itself
+        log.info("could not withdraw this worker's presence (it expires by itself): %s", e)
 
 
 def _run(job_id: str, body) -> None:

@@ -121,7 +121,7 @@ class LiveVersion:
 
     @property
     def quality(self) -> dict | None:
-        return ((self.manifest.get("training") or {}).get("metrics") or {}).get("quality")
+        return self.manifest.get("quality")
 
     @property
     def knn(self) -> dict | None:

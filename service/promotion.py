@@ -70,7 +70,7 @@ def export_quality(export_dir: Path, ds: ImageFolder, device) -> dict:
 
 def live_quality(live: LoadedVersion, ds: ImageFolder, key: str, device) -> dict | None:
     """The live version's quality on the candidate's gallery and sample (`key`), or None when not comparable."""
-    stored = ((live.manifest.get("training") or {}).get("metrics") or {}).get("quality")
+    stored = live.manifest.get("quality")
     if stored and stored.get("key") == key:
         return stored
     try:

@@ -107,10 +107,10 @@ def measure(encoder: Encoder, images: np.ndarray, ids: np.ndarray, gallery: torc
 
 
 def record_in_export(export_dir: str | Path, quality: dict) -> None:
-    """Add `quality` to export.json's metrics (atomically), so the index manifest carries it."""
+    """Add `quality` to export.json (atomically): the index copies it into the version's manifest."""
     path = Path(export_dir) / "export.json"
     meta = json.loads(path.read_text())
-    meta["metrics"] = {**(meta.get("metrics") or {}), "quality": quality}
+    meta["quality"] = quality  # the index copies it into the version's manifest (index/artifact.py)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(meta, indent=2))
     with open(tmp, "rb") as fh:

@@ -32,7 +32,7 @@ def entry(info: VersionInfo) -> VersionEntry:
     metrics = (m.get("training") or {}).get("metrics")
     return VersionEntry(version=info.version, current=info.current, kind=info.kind, origin=m["origin"]["kind"],
                         model=m["files"]["model.pt"]["sha256"][:MODEL_DIGEST_CHARS], size=m["counts"]["vectors"],
-                        created=m["created"], quality=(metrics or {}).get("quality"), metrics=metrics)
+                        created=m["created"], quality=m.get("quality"), metrics=metrics)
 
 
 @router.get("", response_model=Versions, responses=INVALID, openapi_extra=READ, dependencies=[ReadAccess])

@@ -162,7 +162,7 @@ def run_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below on `kill` too
     signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))  # and when the terminal closes (the children, in
     # sessions of their own, would not see that hangup and outlive us)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger().setLevel(logging.WARNING)  # the terminal gets our own lines; the children log to files
     folder = args.folder.resolve()
     args.artifacts.mkdir(parents=True, exist_ok=True)
     logs = args.logs.resolve()

@@ -1,9 +1,10 @@
 """Photo collections: training input paths side by side, the cache's first decode, a photo job end to end.
 
 Results: docs/photo-benchmark.md. The photos are generated (tests/photos.py: CIFAR-10 images upscaled to a
-150-420 px short side, random aspect, some EXIF-rotated JPEGs), so nothing downloads.
+150-420 px short side, or --short MIN MAX, random aspect, some EXIF-rotated JPEGs), so nothing downloads.
 
     python bench/photo_bench.py train --photos 512 --sizes 96 128 --steps 6
+    python bench/photo_bench.py --short 1000 2000 train --photos 512     # camera-size photos
     python bench/photo_bench.py cache --photos 10000
     python bench/photo_bench.py job --photos 5000 --redis-url redis://127.0.0.1:6379/11
 
@@ -43,14 +44,17 @@ from trainer.objective import NPIDObjective  # noqa: E402
 from trainer.preprocess import Preprocess  # noqa: E402
 from trainer.train import Learner, step_noise, train_step  # noqa: E402
 
+SMALL_PHOTOS = (150, 420)  # the issue's folder: web-size photos (tests/photos.py's default)
 
-def photo_folder(directory: Path, n: int) -> Path:
-    """The generated folder, reused between runs when it already holds n photos."""
+
+def photo_folder(data: Path, n: int, short: tuple[int, int]) -> Path:
+    """The generated folder of n photos with a short side in `short` px, reused between runs."""
+    directory = data / f"photos-{n}" if short == SMALL_PHOTOS else data / f"photos-{n}-{short[0]}-{short[1]}px"
     marker = directory / f".complete-{n}"
     if not marker.exists():
         shutil.rmtree(directory, ignore_errors=True)
         t0 = time.perf_counter()
-        photos.make_photo_folder(directory, n, seed=0)
+        photos.make_photo_folder(directory, n, seed=0, short=short)
         marker.touch()
         print(f"generated {n} photos in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     return directory
@@ -91,7 +95,7 @@ def input_per_s(feed, steps: int) -> float:
 
 
 def bench_train(args) -> None:
-    folder = photo_folder(args.data / f"photos-{args.photos}", args.photos)
+    folder = photo_folder(args.data, args.photos, tuple(args.short))
     cache = Path(tempfile.mkdtemp(prefix="npid-photo-cache-"))
     rows = []
     for size in args.sizes:
@@ -134,7 +138,7 @@ def bench_train(args) -> None:
 
 
 def bench_cache(args) -> None:
-    folder = photo_folder(args.data / f"photos-{args.photos}", args.photos)
+    folder = photo_folder(args.data, args.photos, tuple(args.short))
     size_on_disk = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     cache = Path(tempfile.mkdtemp(prefix="npid-photo-cache-"))
     print(f"Machine: {machine()}  \nCommand: `python {' '.join(sys.argv)}`  \n"
@@ -155,7 +159,7 @@ def bench_cache(args) -> None:
 def bench_job(args) -> None:
     from bench.jobs_bench import run_job, start_stack
 
-    folder = photo_folder(args.data / f"photos-{args.photos}", args.photos)
+    folder = photo_folder(args.data, args.photos, tuple(args.short))
     artifacts = Path(tempfile.mkdtemp(prefix="npid-photo-job-"))
     procs, base = start_stack(folder.resolve(), artifacts, args.redis_url, args.minutes, args.port)
     try:
@@ -178,6 +182,8 @@ def bench_job(args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "npid-photo-bench")
+    p.add_argument("--short", type=int, nargs=2, default=list(SMALL_PHOTOS), metavar=("MIN", "MAX"),
+                   help="the generated photos' short side in px (e.g. 1000 2000: camera-size photos)")
     sub = p.add_subparsers(dest="what", required=True)
     t = sub.add_parser("train")
     t.add_argument("--photos", type=int, default=512)

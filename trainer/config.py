@@ -106,7 +106,7 @@ class TrainConfig:
     # --- run ---
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # bf16 autocast + channels_last on CUDA (ignored on the CPU)
+    amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
     compile: bool = False  # torch.compile the encoder
     out: str = "runs/npid"
     knn_k: tuple[int, ...] = (200,)  # k values of the weighted kNN monitor (paper: 200)

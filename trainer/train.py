@@ -109,6 +109,7 @@ def train_step(step_model: nn.Module, objective: NPIDObjective, optimizer: torch
                x: torch.Tensor, idx: torch.Tensor, noise: torch.Tensor | None, d: Dist,
                autocast=contextlib.nullcontext) -> torch.Tensor:
     """One SGD step on this rank's slice, then the same bank update on every rank. -> detached loss."""
+    x = x.contiguous(memory_format=torch.channels_last)  # the encoder's layout (trainer/model.py)
     with autocast():
         loss, f = step_model(x, idx, noise)  # f: b x D
     optimizer.zero_grad(set_to_none=True)
@@ -251,8 +252,6 @@ def prepare(cfg: TrainConfig, device: torch.device, d: Dist, resume: bool, show:
     objective.reduce_mean = lambda t: mean_over_ranks(t, d)
     learner = Learner(encoder, objective).to(device)
     amp = cfg.amp and device.type == "cuda"
-    if amp:
-        learner = learner.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(learner.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.decay)
     step_model: nn.Module = learner
     if d.enabled:
@@ -291,8 +290,6 @@ def run_step(run: Run, x: torch.Tensor, idx: torch.Tensor, global_batch: int, ep
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     noise = step_noise(run.objective, cfg.seed, epoch, step, global_batch, run.d)
-    if run.amp:
-        x = x.contiguous(memory_format=torch.channels_last)
     return train_step(run.step_model, run.objective, run.optimizer, x, idx, noise, run.d, run.autocast)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from PIL import Image, ImageOps
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -68,30 +70,32 @@ def rates(names: list[str], image_size: int, batch: int, threads: int, rounds: i
         objective = NPIDObjective(cfg, 10_000)
         learner = Learner(build_encoder(arch, cfg.dim, image_size, width), objective)
         opt = torch.optim.SGD(learner.parameters(), lr=0.03, momentum=0.9)
-        feed = DeviceFeed(images, pre, False, batch, 0, torch.device("cpu"), Dist())
-        setups[name] = (learner, objective, opt, feed)
+        feed = DeviceFeed(images, pre, cfg.augmentation, batch, 0, torch.device("cpu"), Dist())
+        setups[name] = (learner, objective, opt, feed, len(images))
     seen: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds + 1):
-        for name, (learner, objective, opt, feed) in setups.items():
+        for name, (learner, objective, opt, feed, n) in setups.items():
             t = time.perf_counter()
             for x, idx, _ in feed.epoch(r):
                 train_step(learner, objective, opt, x, idx, None, Dist())
             if r:  # round 0 warms up
-                seen[name].append(len(feed.images) / (time.perf_counter() - t))
+                seen[name].append(n / (time.perf_counter() - t))
     return {name: statistics.median(v) for name, v in seen.items()}
 
 
 def raw_pixels_knn(ds, tau: float) -> dict[str, float]:
     """Leave-one-out weighted kNN on centred, L2-normalised raw pixels: the bar a learned embedding must pass."""
-    from trainer.data import ArrayImages, decode_to_array
+    from trainer.data import ArrayImages
 
-    images = ds.images if isinstance(ds, ArrayImages) else decode_to_array(ds, 32)
+    images = ds.images if isinstance(ds, ArrayImages) else np.stack(  # a folder: centre-cropped to 32 x 32
+        [np.asarray(ImageOps.fit(ds.load(i), (32, 32), Image.BICUBIC)) for i in range(len(ds))])
     x = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32))  # N x (32*32*3)
     x = torch.nn.functional.normalize(x - x.mean(0), dim=1)
     y = torch.from_numpy(ds.collection.labels)
     return knn_accuracy(x, y, x, y, (200,), tau, exclude_self=True)
 
 
+DEFAULT = {"arch": "airnet", "width": 32, "bank_init": "features", "batch_size": 32}  # today's CPU_RECIPE
 # name -> overrides of the job's old CPU default (resnet18 width 16, softmax tau 0.1, cosine lr 0.03, batch 128)
 VARIANTS: dict[str, dict] = {
     "old default": {},
@@ -114,6 +118,10 @@ VARIANTS: dict[str, dict] = {
                                               "batch_size": 32, "temperature": 0.05},
     "airnet-w32 + bank, tau 0.05": {"arch": "airnet", "width": 32, "bank_init": "features", "temperature": 0.05},
     "airnet-w32 + bank, tau 0.2": {"arch": "airnet", "width": 32, "bank_init": "features", "temperature": 0.2},
+    **{f"default, {name}": {**DEFAULT, **change} for name, change in (
+        ("lr 0.06", {"lr": 0.06}), ("lr 0.12", {"lr": 0.12}), ("warm-up 1", {"warmup_epochs": 1}),
+        ("tau 0.05", {"temperature": 0.05}), ("tau 0.2", {"temperature": 0.2}), ("width 64", {"width": 64}),
+        ("width 16", {"width": 16}), ("batch 256", {"batch_size": 256}))},
 }
 OLD_DEFAULT = {"arch": "resnet18", "width": 16, "objective": "softmax", "temperature": 0.1, "schedule": "cosine",
                "lr": 0.03, "batch_size": 128}
@@ -157,6 +165,18 @@ def sweep(args) -> str:
             + "\n".join(lines))
 
 
+def untrained_knn(cfg: TrainConfig, ds, pre: Preprocess) -> dict[str, float]:
+    """Leave-one-out kNN of cfg's network at its random init (eval mode): what the architecture alone gives."""
+    from trainer.embed import embed_dataset
+
+    torch.manual_seed(cfg.seed)
+    encoder = build_encoder(cfg.arch, cfg.dim, cfg.image_size, cfg.width, cfg.stem)
+    with torch.no_grad():
+        feats = embed_dataset(encoder, ds, pre, torch.device("cpu"), progress=False)
+    y = torch.from_numpy(ds.collection.labels)
+    return knn_accuracy(feats, y, feats, y, (200,), cfg.tau, exclude_self=True)
+
+
 def check(args) -> str:
     """The job's CPU default (service/pipeline.py:training_config) on a whole folder, vs raw pixels."""
     from service.pipeline import training_config
@@ -173,13 +193,14 @@ def check(args) -> str:
     t = time.perf_counter()
     metrics = train(cfg, resume=False)
     wall = time.perf_counter() - t
-    train_s = metrics["train_seconds"]
+    untrained = untrained_knn(cfg, ds, Preprocess.load(Path(args.out) / "export" / "preprocess.json"))
     return (f"`{args.data}`, {len(ds)} images; CPU default{' with ' + ' '.join(args.set) if args.set else ''}: "
-            f"{cfg.arch} width {cfg.width}, {cfg.epochs} epochs, "
+            f"{cfg.arch} width {cfg.width}, {cfg.epochs} epochs ({cfg.extra['policy'].get('epochs', 'set')}), "
             f"batch {cfg.batch_size}, bank_init {cfg.bank_init}, lr {cfg.lr}, warm-up {cfg.warmup_epochs}; "
-            f"training {train_s:.0f} s, whole run {wall:.0f} s (shared machine)\n\n"
+            f"training {metrics['train_seconds']:.0f} s, whole run {wall:.0f} s\n\n"
             "| features | kNN top-1 | 1-NN |\n| --- | --- | --- |\n"
             f"| raw pixels | {pixels['top1@200']:.2f} | {pixels['nn1']:.2f} |\n"
+            f"| the same network untrained (seed {cfg.seed}) | {untrained['top1@200']:.2f} | {untrained['nn1']:.2f} |\n"
             f"| NPID, CPU default | {metrics['knn']['top1@200']:.2f} | {metrics['knn']['nn1']:.2f} |\n\n"
             + json.dumps({k: v for k, v in metrics.items() if k != "knn"}, default=str))
 
@@ -212,14 +233,17 @@ def order(args) -> str:
 
 def warm(args) -> str:
     """Warm start vs from scratch at the same budget, on a collection that grew from --before to --after images."""
-    from service.pipeline import CPU_IMAGES_PER_S, CPU_RECIPE
+    from service.pipeline import CPU_RECIPE
     from service.promotion import export_quality
+    from trainer.speed import training_rate
 
     recipe = {**OLD_DEFAULT, **CPU_RECIPE}
     out = Path(args.out)
+    rate = args.images_per_s or training_rate(TrainConfig(**recipe), args.after,
+                                              torch.device("cpu"))
 
     def run(name: str, limit: int, **extra) -> dict:
-        epochs = max(1, round(args.budget_s * CPU_IMAGES_PER_S / limit))
+        epochs = max(1, round(args.budget_s * rate / limit))
         cfg = TrainConfig(**{**recipe, **extra}, data=args.data, limit=limit, epochs=epochs, out=str(out / name),
                           knn_every=0, progress=False)
         metrics = train(cfg, resume=False)
@@ -233,7 +257,7 @@ def warm(args) -> str:
     lines = [f"| {r['name']} | {r['n']} | {r['epochs']} | {r['top1']:.2f} | {r['q']['self_top1']:.1f} | "
              f"{r['q']['self_top10']:.1f} |" for r in rows]
     return (f"`{args.data}`: the first {args.before} images, then the first {args.after}; each run trains the CPU "
-            f"recipe for the epochs {args.budget_s:.0f} s buy at {CPU_IMAGES_PER_S:.0f} images/s\n\n"
+            f"recipe for the epochs {args.budget_s:.0f} s buy at {rate:.0f} images/s\n\n"
             "| version | images | epochs | kNN top-1 | self top-1 | self top-10 |\n"
             "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(lines))
 
@@ -263,10 +287,13 @@ def main() -> None:
     pw.add_argument("--after", type=int, default=2500)
     pw.add_argument("--budget-s", type=float, default=60.0)
     pw.add_argument("--out", default="runs/cpu-warm")
+    pw.add_argument("--images-per-s", type=float, default=0.0, help="the budget's rate (0: time the recipe here)")
     pc = sub.add_parser("check")
     pc.add_argument("data")
     pc.add_argument("--out", default="runs/cpu-check")
     pc.add_argument("--set", nargs="*", default=[], help="overrides of the job's config, key=value (YAML values)")
+    pc.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="torch threads (default: all cores, as the job of a first version)")
     args = p.parse_args()
     torch.set_num_threads(getattr(args, "threads", 1) if isinstance(getattr(args, "threads", 1), int) else 1)
     print(f"Machine: {machine()}  \nCommand: `python {' '.join(sys.argv)}`  \n"

@@ -254,7 +254,7 @@ def _start_first_job(settings: Settings, folder: Path, base: str, headers: dict)
     from trainer.data import scan_folder
     from trainer.distributed import local_device
 
-    from .pipeline import training_config
+    from .pipeline import job_recipe
 
     try:
         files = scan_folder(folder).paths
@@ -263,11 +263,11 @@ def _start_first_job(settings: Settings, folder: Path, base: str, headers: dict)
     n = len(files)
     device = local_device(settings.train_device)
     short_side = policy.median_short_side([folder / p for p in files])
-    cfg = training_config(settings, {}, n, device.type == "cuda", short_side)
-    budget = (f", a CPU budget of about {settings.cpu_train_minutes:g} min; with a GPU the paper's full recipe runs)"
-              if device.type == "cpu" else ")")
+    cfg = job_recipe(settings, {}, n, device.type == "cuda", short_side)
+    budget = (f"for about {settings.cpu_train_minutes:g} min of training; with a GPU the paper's full recipe runs)"
+              if device.type == "cpu" else f"{cfg.epochs} epochs)")
     print(f"no version yet: training a first one on {folder} ({n} images; {device}: {cfg.arch} width {cfg.width} "
-          f"at {cfg.image_size} px, {cfg.epochs} epochs{budget}")
+          f"at {cfg.image_size} px, {budget}")
     r = _post_first_job(base, headers)
     if r.status_code == 409:
         print(f"a job is already running ({r.json()['job_id']}): following it")

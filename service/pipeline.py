@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from trainer.distributed import local_device
 from trainer.embed import embed_dataset, load_model_and_config, write_export
 from trainer.preprocess import Preprocess
 from trainer.quality import record_in_export
+from trainer.speed import training_rate
 from trainer.train import TrainingCancelled, train
 
 from .collection import file_embedder
@@ -46,55 +48,61 @@ SOFTMAX_MAX_IMAGES = 200_000  # up to here jobs train with the exact softmax (B 
 # of 200 epochs with steps.
 CPU_RECIPE: dict[str, Any] = {"arch": "airnet", "width": 32, "bank_init": "features", "schedule": "cosine",
                               "batch_size": 32, "lr": 0.03}
-# training images/s of the recipe (airnet-w32, batch 32) on one worker thread, with augmentation: 1.64 x the
-# 250 of the width-16 ResNet-18 at batch 128 recorded by docs/jobs-benchmark.md, a ratio measured side by
-# side (docs/cpu-recipe.md)
-CPU_IMAGES_PER_S = 411.0
 # Photos on a CPU (trainer/policy.py: at least 64 px, the ImageNet stem): the recipe measured above is for small
 # images; for photos the policy's narrow ResNet-18 keeps the ImageNet stem's 4x cheaper maps (airnet would pay
 # the full resolution), with the bank fill, batch and schedule of the CPU recipe.
 CPU_PHOTO_RECIPE: dict[str, Any] = {**CPU_RECIPE, "arch": "resnet18", "width": 16}
-CPU_PHOTO_IMAGES_PER_S = 250.0  # ResNet-18 width 16 at 32 px with the CIFAR stem (docs/jobs-benchmark.md)
 MAX_CPU_EPOCHS = 50
 JOB_CHECKPOINTS = 20  # checkpoints over a job's run
 
+Rate = Callable[[TrainConfig], float]  # training images/s of a config on this machine
+
 
 def training_config(settings: Settings, overrides: dict[str, Any], n_images: int, cuda: bool,
-                    short_side: int | None = None) -> TrainConfig:
-    """The job's TrainConfig: file defaults (NPID_TRAIN_CONFIG), then the machine's budget, then overrides.
-
-    With a GPU: the paper's recipe (ResNet-18, 200 epochs). On a CPU: CPU_RECIPE (CPU_PHOTO_RECIPE for photos)
-    and as many epochs as fit
-    NPID_CPU_TRAIN_MINUTES, so a first version is live in minutes (a width set by the file or the request
-    scales the rate by the square of the width ratio, a larger input by its pixel cost). Collections up to
-    SOFTMAX_MAX_IMAGES use the exact softmax (tau 0.1, Table 1's best row) instead of NCE. Resolution, stem
-    and the other "auto" fields come from trainer/policy.py (the collection's median short side).
-    """
+                    short_side: int | None = None, rate: Rate | None = None) -> TrainConfig:
+    """The job's TrainConfig: job_recipe, then on a CPU as many epochs as NPID_CPU_TRAIN_MINUTES buy at `rate`
+    (default: trainer/speed.py times a few steps of this very config here, with the caller's torch threads), so
+    a first version is live in minutes on any CPU. Epochs set by the file or the request win."""
+    cfg = job_recipe(settings, overrides, n_images, cuda, short_side)
     base = TrainConfig.from_file(settings.train_config).to_dict() if settings.train_config else {}
-    if cuda:
-        budget: dict[str, Any] = {}
-    else:
-        photos = short_side is not None and not policy.is_small(short_side)
-        recipe, rate = (CPU_PHOTO_RECIPE, CPU_PHOTO_IMAGES_PER_S) if photos else (CPU_RECIPE, CPU_IMAGES_PER_S)
-        width = overrides.get("width") or base.get("width") or recipe["width"]  # 0: the policy's "auto"
-        rate *= (recipe["width"] / width) ** 2
-        epochs = settings.cpu_train_minutes * 60 * rate / max(n_images, 1)
-        budget = {**recipe, "width": width, "epochs": epochs}
-    if n_images <= SOFTMAX_MAX_IMAGES:  # exact softmax: the paper's best row, and stable on small collections
-        budget.update(objective="softmax", temperature=0.1)
-    merged = {**TrainConfig().to_dict(), **budget, **base, **overrides}
-    from_budget = not cuda and merged["epochs"] == budget["epochs"]  # not set by the file or the request
-    merged["epochs"] = max(1, int(merged["epochs"]))
-    merged["negatives"] = max(1, min(merged["negatives"], n_images - 1))
-    merged["knn_every"] = base.get("knn_every", 5)
+    if not cuda and "epochs" not in base and "epochs" not in overrides:
+        cfg = fit_cpu_budget(cfg, settings.cpu_train_minutes, n_images, rate)
     # a job whose worker dies resumes from its last checkpoint (POST /jobs/<id>/resume): about 20 per run, at
     # least one per epoch on a short CPU budget; the writer runs in the background, off the step
-    merged["checkpoint_every"] = overrides.get("checkpoint_every", max(1, merged["epochs"] // JOB_CHECKPOINTS))
-    cfg = policy.resolve(TrainConfig.from_dict(merged), short_side, cuda)
-    if from_budget:  # the rate was measured at 32 px: rescale for this resolution and backbone
-        cost = policy.cost_per_image(cfg.image_size, cfg.stem, cfg.arch)
-        cfg = cfg.replace(epochs=max(1, min(int(budget["epochs"] / cost), MAX_CPU_EPOCHS)))
-    return cfg
+    return cfg.replace(checkpoint_every=overrides.get("checkpoint_every", max(1, cfg.epochs // JOB_CHECKPOINTS)))
+
+
+def job_recipe(settings: Settings, overrides: dict[str, Any], n_images: int, cuda: bool,
+               short_side: int | None = None) -> TrainConfig:
+    """File defaults (NPID_TRAIN_CONFIG), then the machine's recipe, then overrides; epochs not yet sized.
+
+    With a GPU: the paper's recipe (ResNet-18, 200 epochs). On a CPU: CPU_RECIPE (CPU_PHOTO_RECIPE for photos).
+    Collections up to SOFTMAX_MAX_IMAGES use the exact softmax (tau 0.1, Table 1's best row) instead of NCE.
+    Resolution, stem and the other "auto" fields come from trainer/policy.py (the collection's median short side).
+    """
+    base = TrainConfig.from_file(settings.train_config).to_dict() if settings.train_config else {}
+    recipe: dict[str, Any] = {}
+    if not cuda:
+        photos = short_side is not None and not policy.is_small(short_side)
+        recipe = dict(CPU_PHOTO_RECIPE if photos else CPU_RECIPE)
+    if n_images <= SOFTMAX_MAX_IMAGES:  # exact softmax: the paper's best row, and stable on small collections
+        recipe.update(objective="softmax", temperature=0.1)
+    merged = {**TrainConfig().to_dict(), **recipe, **base, **overrides}
+    merged["negatives"] = max(1, min(merged["negatives"], n_images - 1))
+    merged["knn_every"] = base.get("knn_every", 5)
+    return policy.resolve(TrainConfig.from_dict(merged), short_side, cuda)
+
+
+def fit_cpu_budget(cfg: TrainConfig, minutes: float, n_images: int, rate: Rate | None) -> TrainConfig:
+    """cfg with the epochs that `minutes` of training buy at `rate` (1 to MAX_CPU_EPOCHS), the reason recorded."""
+    if rate is None:  # timing takes at most 2% of the budget
+        rate = lambda c: training_rate(c, n_images, torch.device("cpu"), seconds=min(2.0, minutes * 60 / 50))  # noqa: E731
+    images_per_s = rate(cfg)
+    epochs = max(1, min(int(minutes * 60 * images_per_s / max(n_images, 1)), MAX_CPU_EPOCHS))
+    reason = (f"{epochs}: {minutes:g} min of training at {images_per_s:.0f} images/s (measured here, "
+              f"{torch.get_num_threads()} threads), at most {MAX_CPU_EPOCHS}")
+    reasons = {**cfg.extra.get("policy", {}), "epochs": reason}
+    return cfg.replace(epochs=epochs, extra={**cfg.extra, "policy": reasons})
 
 
 def publish_unless_cancelled(store: ArtifactStore, export_dir: Path, reporter: JobReporter, carry_from: int,
@@ -123,10 +131,12 @@ def run_index_job(settings: Settings, jobs: JobStore, job: Job) -> None:
     run_job(jobs, job, lambda reporter: _reindex(settings, job, reporter), settings.jobs_time_limit_s)
 
 
-def _configure_threads(settings: Settings) -> None:
-    """Leave the API a core: training takes all but one (NPID_WORKER_THREADS overrides)."""
-    threads = settings.worker_threads or max(1, (os.cpu_count() or 2) - 1)
-    torch.set_num_threads(threads)
+def _configure_threads(settings: Settings, store: ArtifactStore) -> None:
+    """Leave the API a core once it serves a version: training takes all but one. Before the first version
+    there is nothing to search, and every core shortens the wait for it. NPID_WORKER_THREADS overrides."""
+    cores = os.cpu_count() or 2
+    serving = store.current_version() is not None
+    torch.set_num_threads(settings.worker_threads or (max(1, cores - 1) if serving else cores))
 
 
 def image_cache_dir(settings: Settings) -> Path:
@@ -156,10 +166,10 @@ def _job_config(settings: Settings, job: Job, request: JobRequest, store: Artifa
 
 
 def _train(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, dict]:
-    _configure_threads(settings)
     reporter.phase("loading")
     request = JobRequest.of(job.params)
     store = ArtifactStore(settings.artifacts_dir)
+    _configure_threads(settings, store)
     device = local_device(settings.train_device)  # CUDA is first touched here, inside the task
     run, cfg = _job_config(settings, job, request, store, device)
     continuing = job.resume or request.resume is not None
@@ -185,9 +195,9 @@ def _train(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, di
 
 
 def _reindex(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, dict]:
-    _configure_threads(settings)
     reporter.phase("loading")
     store = ArtifactStore(settings.artifacts_dir)
+    _configure_threads(settings, store)
     first_new_id = store.next_id()
     live = store.load()
     device = local_device(settings.train_device)

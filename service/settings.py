@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     train_device: str = "auto"  # where the worker trains: auto | cpu | cuda | cuda:N
     train_config: Path | None = None  # YAML/JSON of TrainConfig fields: the jobs' recipe defaults
     cpu_train_minutes: float = Field(4.0, gt=0)  # CPU-only hosts: epochs are chosen to fit about this long
-    worker_threads: int = Field(0, ge=0)  # torch threads of a training job; 0 = all cores but one (the API's)
+    worker_threads: int = Field(0, ge=0)  # torch threads of a job; 0 = all cores but one (the API's), all before v1
     keep_training: bool = True  # `npid up`: after the first version, go on training and publish improvements
     improve_margin: float = Field(1.0, ge=0)  # points of self-retrieval top-1 a background version must gain
     jobs_lock_ttl_s: float = Field(60.0, gt=1)  # a running job's lease; a dead worker's job fails after it

@@ -127,14 +127,3 @@ def resolve(cfg: TrainConfig, short_side: int | None, cuda: bool) -> TrainConfig
         log.info("policy: %s = %s (%s)", name, value, choice.reasons[name])
     reasons = {**cfg.extra.get("policy", {}), **{k: f"{v}: {choice.reasons[k]}" for k, v in choice.values.items()}}
     return cfg.replace(**choice.values, extra={**cfg.extra, "policy": reasons})
-
-
-def cost_per_image(image_size: int, stem: str, arch: str = "resnet18") -> float:
-    """Convolution work per image relative to 32 px with the CIFAR stem (what the CPU budget was measured at).
-
-    The ImageNet stem divides the side by 4 before the residual stages, the CIFAR stem keeps it; airnet has
-    no stem choice: its work grows with the input's pixels.
-    """
-    full = arch == "airnet" or stem == "cifar" or (stem == "auto" and is_small(image_size))
-    side = image_size if full else image_size / 4
-    return (side / 32) ** 2

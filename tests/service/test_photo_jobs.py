@@ -127,15 +127,17 @@ def test_job_overrides_win_over_the_policy(photo_stack):
     assert (cfg["image_size"], cfg["stem"], cfg["width"]) == (48, "imagenet", 8)  # the policy says cifar at 48
 
 
-def test_cpu_budget_hook_takes_the_policy_and_rescales_epochs_by_resolution(tmp_path):
+def test_cpu_budget_hook_takes_the_policy_for_photos_and_small_images(tmp_path):
     from service.pipeline import training_config
 
     settings = Settings(_env_file=None, collection_root=tmp_path, artifacts_dir=tmp_path, cpu_train_minutes=4.0)
-    photo = training_config(settings, {}, 5000, cuda=False, short_side=300)
-    small = training_config(settings, {}, 5000, cuda=False, short_side=32)
+    timed = []
+    rate = lambda cfg: timed.append((cfg.image_size, cfg.stem)) or 300.0  # noqa: E731
+    photo = training_config(settings, {}, 5000, cuda=False, short_side=300, rate=rate)
+    small = training_config(settings, {}, 5000, cuda=False, short_side=32, rate=rate)
     assert (photo.image_size, photo.stem, photo.width) == (96, "imagenet", 16)
     assert (small.image_size, small.stem) == (32, "cifar")
-    assert photo.epochs > small.epochs  # 96 px with the ImageNet stem costs ~0.56x of 32 px with the CIFAR stem
+    assert timed == [(96, "imagenet"), (32, "cifar")]  # each budget is timed at its own resolution
     pinned = training_config(settings, {"epochs": 3, "image_size": 128}, 5000, cuda=False, short_side=300)
     assert (pinned.epochs, pinned.image_size) == (3, 128)
     gpu = training_config(settings, {}, 5000, cuda=True, short_side=300)

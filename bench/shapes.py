@@ -10,11 +10,10 @@ shape: the kNN bar a learned embedding must pass is low for pixels only if shape
 
 from __future__ import annotations
 
-import argparse
 import math
-from pathlib import Path
 
 import numpy as np
+from generated import main  # bench/generated.py
 from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "bar")
@@ -62,23 +61,5 @@ def image(kind: str, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(np.asarray(img, dtype=np.float64) + noise, 0, 255).astype(np.uint8))
 
 
-def make(root: Path, per_class: int, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    for kind in SHAPES:
-        (root / kind).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            image(kind, rng).save(root / kind / f"{i:04d}.png")
-    return root
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", type=Path)
-    p.add_argument("--per-class", type=int, default=400)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
-    print(make(args.out, args.per_class, args.seed))
-
-
 if __name__ == "__main__":
-    main()
+    main(__doc__, SHAPES, image, per_class=400)

@@ -3,6 +3,7 @@
     python bench/trainer_bench.py step-cost   # encoder fwd+bwd vs the NPID part, n=50,000 and 1,281,167
     python bench/trainer_bench.py throughput  # training images/s: fp32 vs bf16 vs torch.compile (all channels_last)
     python bench/trainer_bench.py cifar-cpu   # a CIFAR-10 run that fits 30 CPU minutes, vs random init and pixels
+    python bench/trainer_bench.py layout      # encoder step images/s: NCHW vs channels_last (the layout in use)
 
 Each mode prints a markdown table with the machine, library versions and the command line. Timings are
 medians of repeated runs measured side by side in one process, so ratios are meaningful on a noisy,
@@ -177,9 +178,42 @@ def cifar_cpu(args) -> str:
             f"Curves: `{args.out}/curves.png`.")
 
 
+LAYOUT_MODELS = (("airnet", 32, 32, 32), ("resnet18", 16, 32, 128), ("resnet18", 16, 96, 64), ("resnet18", 16, 128, 64))
+
+
+def layout(args) -> str:
+    """Encoder forward + backward + SGD images/s, NCHW (contiguous) vs channels_last, interleaved rounds."""
+    lines = []
+    for arch, width, size, batch in LAYOUT_MODELS:
+        torch.manual_seed(0)
+        model = build_encoder(arch, 128, size, width)
+        x = torch.randn(batch, 3, size, size)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        best: dict[str, float] = {}
+        for _ in range(args.reps):
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                model = model.to(memory_format=fmt)
+                xf = x.contiguous(memory_format=fmt)
+                steps = max(4, 512 // batch)
+                for i in range(steps + 1):
+                    if i == 1:  # the first step warms up
+                        t = time.perf_counter()
+                    loss = model(xf).sum()
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                rate = steps * batch / (time.perf_counter() - t)
+                best[str(fmt)] = max(best.get(str(fmt), 0.0), rate)
+        nchw, last = best[str(torch.contiguous_format)], best[str(torch.channels_last)]
+        lines.append(f"| {arch} w{width} | {size} | {batch} | {nchw:.0f} | {last:.0f} | {last / nchw:.2f}x |")
+    return (f"best of {args.reps} interleaved rounds, {torch.get_num_threads()} torch threads\n\n"
+            "| encoder | px | batch | NCHW img/s | channels_last img/s | ratio |\n"
+            "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(lines))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["step-cost", "throughput", "cifar-cpu"])
+    p.add_argument("mode", choices=["step-cost", "throughput", "cifar-cpu", "layout"])
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--width", type=int, default=16)
@@ -193,7 +227,7 @@ def main() -> None:
     p.add_argument("--jpeg", default=str(ROOT / "data/cifar10-jpeg"), help="extracted cifar10_jpeg.tar.gz")
     p.add_argument("--out", default=str(ROOT / "runs/bench-cifar-cpu"))
     args = p.parse_args()
-    body = {"step-cost": step_cost, "throughput": throughput, "cifar-cpu": cifar_cpu}[args.mode](args)
+    body = {"step-cost": step_cost, "throughput": throughput, "cifar-cpu": cifar_cpu, "layout": layout}[args.mode](args)
     print(f"### {args.mode}\n\nMachine: {machine()}  \nCommand: `python {' '.join(sys.argv)}`\n\n{body}\n")
 
 

@@ -2,7 +2,7 @@
 version is published when its label-free quality gained at least NPID_IMPROVE_MARGIN points over the live
 one (the promotion gate of service/promotion.py, with a margin), until the full recipe's epochs.
 
-Each stage is a train job `{"resume": RUN, "epochs": E}`: the worker reloads the run's checkpoint (model,
+Each stage is a train job `{"extend": RUN, "epochs": E}`: the worker reloads the run's checkpoint (model,
 memory bank, optimiser, RNG) and trains on from where it stopped, to E epochs, E doubling per stage. The
 schedule is the run's own (cosine over the stage's E), so each stage restarts the learning rate from where
 the longer cosine puts it, as in SGDR. NPID_KEEP_TRAINING=0 turns it off. Talks to the API like any client,
@@ -57,7 +57,7 @@ def keep_improving(base: str, headers: dict, first_job: dict, alive: Callable[[]
     while done < full and alive():
         target = next_epochs(done, full)
         try:
-            r = httpx.post(f"{base}/jobs/train", headers=headers, json={"resume": run, "epochs": target}, timeout=10)
+            r = httpx.post(f"{base}/jobs/train", headers=headers, json={"extend": run, "epochs": target}, timeout=10)
         except httpx.TransportError:  # the API is restarting: ask again
             time.sleep(POLL_S)
             continue

@@ -35,7 +35,7 @@ from .promotion import current_version, decide, export_quality, exported_collect
 from .reporter import JobReporter, run_job
 from .runs import carry_from
 from .settings import Settings
-from .warmstart import JobRequest, resumed_config, warm_start_config
+from .warmstart import JobRequest, extended_config, warm_start_config
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +147,12 @@ def image_cache_dir(settings: Settings) -> Path:
 def _job_config(settings: Settings, job: Job, request: JobRequest, store: ArtifactStore, device: torch.device
                 ) -> tuple[Path, TrainConfig]:
     """(run folder, config) of a train job: a new run, the job's own run again (POST /jobs/<id>/resume after its
-    worker died), or an earlier run continued to more epochs (`"resume": RUN`, the background trainer)."""
+    worker died), or an earlier run continued to more epochs (`"extend": RUN`, the background trainer)."""
     runs = settings.artifacts_dir / "runs"
     if job.resume:  # the run's own recipe, so that its checkpoint matches
         return runs / job.id, TrainConfig.from_file(runs / job.id / "config.yaml")
-    if request.resume:
-        return runs / request.resume, resumed_config(runs / request.resume, request.overrides)
+    if request.extend:
+        return runs / request.extend, extended_config(runs / request.extend, request.overrides)
     run = runs / job.id
     files = scan_folder(settings.collection_root).paths
     short = policy.median_short_side([settings.collection_root / p for p in files])
@@ -172,7 +172,7 @@ def _train(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, di
     _configure_threads(settings, store)
     device = local_device(settings.train_device)  # CUDA is first touched here, inside the task
     run, cfg = _job_config(settings, job, request, store, device)
-    continuing = job.resume or request.resume is not None
+    continuing = job.resume or request.extend is not None
     first_new_id = carry_from(run) if continuing else carry_from(run, store.next_id())
     log.info("job %s: training %s%s", job.id, cfg.to_dict(), " (resumed)" if continuing else "")
     metrics = train(cfg, on_progress=reporter.progress, should_stop=reporter.should_stop, resume=continuing)
@@ -183,7 +183,7 @@ def _train(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, di
     record_in_export(run / "export", quality)
     live = current_version(store)
     live_q = None if live is None else live_quality(live, ds, quality["key"], device)
-    margin = settings.improve_margin if request.resume else 0.0
+    margin = settings.improve_margin if request.extend else 0.0
     decision = decide(quality, live_q, request.publish, margin)
     log.info("job %s: %s", job.id, decision.reason)
     # the run folder (and its checkpoint) stays: the background trainer continues it; service/runs.py cleans

@@ -28,7 +28,7 @@ def runs_to_keep(recent: list[Job], starting: Job) -> set[str]:
     """Run folders worth keeping when `starting` begins: its own, the run it continues, every failed training
     run (POST /jobs/<id>/resume continues it), and the latest succeeded training run (the background trainer
     continues it; `"run"` in its metrics names it)."""
-    keep = {starting.id, starting.params.get("resume")}
+    keep = {starting.id, starting.params.get("extend")}
     keep |= {j.id for j in recent if j.kind == "train" and j.state == "failed"}
     latest = next((j for j in recent if j.kind == "train" and j.state == "succeeded"), None)  # recent: newest first
     if latest is not None:

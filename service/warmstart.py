@@ -1,5 +1,5 @@
 """Where a training job starts: from scratch, from the live model (`"init": "live"`), or from an earlier
-run's checkpoint (`"resume": RUN`, the background trainer's next stage).
+run's checkpoint (`"extend": RUN`, the background trainer's next stage).
 
 Warm start copies the live version's model.pt into the run folder (the version may be pruned while the job
 runs), trains the same architecture from those weights, and fills the memory bank with the live model's
@@ -28,13 +28,13 @@ class JobRequest:
 
     init: Init = "scratch"
     publish: PublishMode = "if_better"
-    resume: str | None = None  # run folder name (the job id that started the run)
+    extend: str | None = None  # run folder name (the job id that started the run)
     overrides: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, params: dict[str, Any]) -> JobRequest:
         p = dict(params)
-        return cls(init=p.pop("init", "scratch"), publish=p.pop("publish", "if_better"), resume=p.pop("resume", None),
+        return cls(init=p.pop("init", "scratch"), publish=p.pop("publish", "if_better"), extend=p.pop("extend", None),
                    overrides=p)
 
 
@@ -60,10 +60,10 @@ def _model_config(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)["model_config"]
 
 
-def resumed_config(run: Path, overrides: dict[str, Any]) -> TrainConfig:
+def extended_config(run: Path, overrides: dict[str, Any]) -> TrainConfig:
     """The run's own config with more epochs (and nothing else changed): train() resumes its checkpoint."""
     if not (run / "checkpoint.pt").is_file():
-        raise ValueError(f"run {run.name} has no checkpoint to resume (a newer run replaced it)")
+        raise ValueError(f"run {run.name} has no checkpoint to extend (a newer run replaced it)")
     cfg = TrainConfig.from_file(run / "config.yaml")
     n = len(scan_folder(cfg.data))
     bank_rows = cfg.extra.get("images")
@@ -72,5 +72,5 @@ def resumed_config(run: Path, overrides: dict[str, Any]) -> TrainConfig:
                          "train a new version instead of resuming")
     unknown = sorted(set(overrides) - {"epochs"})
     if unknown:
-        raise ValueError(f"a resumed run can only change epochs (got {', '.join(unknown)})")
+        raise ValueError(f"an extended run can only change epochs (got {', '.join(unknown)})")
     return cfg.replace(**overrides)

@@ -50,13 +50,14 @@ class TrainOverrides(BaseModel):
     publish: Literal["if_better", "always"] | None = Field(
         None, description="if_better (default): publish only if the label-free quality is not below the live "
                           "version's; always: publish regardless")
-    resume: str | None = Field(None, pattern=r"^[0-9a-f]{12}$",
-                               description="continue this run (a train job's id) to `epochs`; the background trainer")
+    extend: str | None = Field(None, pattern=r"^[0-9a-f]{12}$",
+                               description="train this earlier run (a train job's id) on to `epochs` from its "
+                                           "checkpoint; the background trainer's stages")
 
     @model_validator(mode="after")
     def _one_starting_point(self) -> TrainOverrides:
-        if self.resume and self.init == "live":
-            raise ValueError("resume and init=live exclude each other: a resumed run keeps its own weights")
+        if self.extend and self.init == "live":
+            raise ValueError("extend and init=live exclude each other: an extended run keeps its own weights")
         return self
 
     def to_config(self) -> dict[str, Any]:

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="re
 
 KEY = {"X-API-Key": "test-key"}
 LOCK_TTL_S = 3.0
-IMPROVE_MARGIN = 100.0  # points: no resumed stage can gain that much, so its version is always kept back
+IMPROVE_MARGIN = 100.0  # points: no extended stage can gain that much, so its version is always kept back
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +160,8 @@ def test_gate_keeps_back_a_version_short_of_the_margin_and_it_can_be_published_b
     wait_for(lambda: client.get("/ready").json().get("version") == first["version"], 20, "API did not swap")
     assert client.get("/ready").json()["quality"] == quality  # stored in the manifest at publish
 
-    # the next stage of the same run (the background trainer's request): resumed, measured, kept back
-    r = client.post("/jobs/train", json={"resume": first["id"], "epochs": 2}, headers=KEY)
+    # the next stage of the same run (the background trainer's request): extended, measured, kept back
+    r = client.post("/jobs/train", json={"extend": first["id"], "epochs": 2}, headers=KEY)
     assert r.status_code == 202, r.text
     second = finished(client, r.json()["job_id"])
     m = second["metrics"]
@@ -185,7 +185,7 @@ def test_gate_keeps_back_a_version_short_of_the_margin_and_it_can_be_published_b
 def test_warm_start_fine_tunes_the_live_model_from_its_embeddings(stack):
     client, settings, _, _ = stack
     live = client.get("/ready").json()["version"]
-    assert client.post("/jobs/train", json={"init": "live", "resume": "0123456789ab"}, headers=KEY).status_code == 422
+    assert client.post("/jobs/train", json={"init": "live", "extend": "0123456789ab"}, headers=KEY).status_code == 422
     r = client.post("/jobs/train", json={"init": "live", "epochs": 1, "publish": "always"}, headers=KEY)
     job = finished(client, r.json()["job_id"])
     assert job["state"] == "succeeded", job
@@ -195,12 +195,12 @@ def test_warm_start_fine_tunes_the_live_model_from_its_embeddings(stack):
     same = ("arch", "dim", "image_size", "width", "stem")
     assert {k: cfg[k] for k in same} == {k: live_model["model_config"][k] for k in same}
     assert Path(cfg["init_model"]).name == "init_model.pt"
-    r = client.post("/jobs/train", json={"resume": "0123456789ab", "epochs": 3}, headers=KEY)
+    r = client.post("/jobs/train", json={"extend": "0123456789ab", "epochs": 3}, headers=KEY)
     gone = finished(client, r.json()["job_id"])
     assert gone["state"] == "failed" and "no checkpoint" in gone["error"]
 
 
-def test_background_trainer_resumes_the_run_in_stages_up_to_the_full_epochs(stack, serve):
+def test_background_trainer_extends_the_run_in_stages_up_to_the_full_epochs(stack, serve):
     client, settings, _, _ = stack
     r = client.post("/jobs/train", json={"epochs": 1, "publish": "always"}, headers=KEY)
     first = finished(client, r.json()["job_id"])

@@ -116,7 +116,7 @@ def plain_throughput(width: int, batch: int, device: torch.device, amp: bool, de
     Up to `steps` timed steps after 3 warm-up steps, fewer when the deadline comes first.
     """
     torch.manual_seed(0)
-    model = build_encoder("resnet18", 128, 32, width).to(device)  # channels_last (trainer/model.py)
+    model = build_encoder("resnet18", 128, 32, width).to(device, memory_format=torch.channels_last)  # as train.py
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
 

@@ -1,9 +1,9 @@
 """Trainer benchmarks; results go to docs/trainer-benchmark.md.
 
     python bench/trainer_bench.py step-cost   # encoder fwd+bwd vs the NPID part, n=50,000 and 1,281,167
-    python bench/trainer_bench.py throughput  # training images/s: fp32 vs bf16 vs torch.compile (all channels_last)
+    python bench/trainer_bench.py throughput  # training images/s: fp32 vs bf16 autocast vs torch.compile
     python bench/trainer_bench.py cifar-cpu   # a CIFAR-10 run that fits 30 CPU minutes, vs random init and pixels
-    python bench/trainer_bench.py layout      # encoder step images/s: NCHW vs channels_last (the layout in use)
+    python bench/trainer_bench.py layout      # encoder step images/s: NCHW vs channels_last
 
 Each mode prints a markdown table with the machine, library versions and the command line. Timings are
 medians of repeated runs measured side by side in one process, so ratios are meaningful on a noisy,
@@ -118,7 +118,7 @@ def throughput(args) -> str:
         torch.manual_seed(0)
         cfg = TrainConfig(data="bench", width=args.width, batch_size=args.batch, negatives=4096)
         objective = NPIDObjective(cfg, len(images))
-        learner = Learner(build_encoder("resnet18", cfg.dim, 32, args.width), objective)  # channels_last
+        learner = Learner(build_encoder("resnet18", cfg.dim, 32, args.width), objective)
         model = torch.compile(learner) if compiled else learner
         opt = torch.optim.SGD(learner.parameters(), lr=0.03, momentum=0.9)
         feed = DeviceFeed(images, pre, AugmentConfig(), args.batch, 0, torch.device("cpu"), Dist())

@@ -110,6 +110,4 @@ def build_encoder(arch: str, dim: int, image_size: int, width: int = 64, stem: s
         if stem == "cifar" or (stem == "auto" and is_small(image_size)):
             net = cifar_stem(net)
         encoder = Encoder(net, dim)
-    # channels_last: the conv layout oneDNN (CPU) and cuDNN (GPU) run fastest; 1.13-1.28x per training step
-    # on the 2-core CPU (docs/photo-benchmark.md). Inputs follow the weights' layout inside each conv.
-    return encoder.to(memory_format=torch.channels_last)
+    return encoder

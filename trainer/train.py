@@ -109,7 +109,8 @@ def train_step(step_model: nn.Module, objective: NPIDObjective, optimizer: torch
                x: torch.Tensor, idx: torch.Tensor, noise: torch.Tensor | None, d: Dist,
                autocast=contextlib.nullcontext) -> torch.Tensor:
     """One SGD step on this rank's slice, then the same bank update on every rank. -> detached loss."""
-    x = x.contiguous(memory_format=torch.channels_last)  # the encoder's layout (trainer/model.py)
+    if x.is_cuda:
+        x = x.contiguous(memory_format=torch.channels_last)  # the encoder's layout on a GPU (see prepare)
     with autocast():
         loss, f = step_model(x, idx, noise)  # f: b x D
     optimizer.zero_grad(set_to_none=True)
@@ -252,6 +253,9 @@ def prepare(cfg: TrainConfig, device: torch.device, d: Dist, resume: bool, show:
     objective.reduce_mean = lambda t: mean_over_ranks(t, d)
     learner = Learner(encoder, objective).to(device)
     amp = cfg.amp and device.type == "cuda"
+    if device.type == "cuda":  # cuDNN's fastest conv layout. Not on the CPU: there, oneDNN's channels_last convs
+        # hang once torch's thread count changes in the process (tests/trainer/test_threads.py), as a job worker's does
+        learner = learner.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(learner.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.decay)
     step_model: nn.Module = learner
     if d.enabled:

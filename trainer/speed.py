@@ -7,6 +7,7 @@ job that trains "for about 4 minutes" times a few real training steps of its own
 from __future__ import annotations
 
 import itertools
+import statistics
 import time
 
 import numpy as np
@@ -23,32 +24,36 @@ from .train import Learner, step_noise, train_step
 
 
 def training_rate(cfg: TrainConfig, n_images: int, device: torch.device, seconds: float = 2.0,
-                  min_steps: int = 3) -> float:
-    """Images/s of cfg's training step (device augmentation from the stored size, forward, backward, SGD,
-    bank update over an n_images bank) on random images: one warm-up step, then steps until `seconds` pass
-    (at least min_steps). The model is a throwaway with cfg's architecture; torch's thread count is the
-    caller's."""
+                  warmup_steps: int = 3, window_steps: int = 5) -> float:
+    """Images/s of cfg's training (device augmentation from the stored size, forward, backward, SGD, bank
+    update over an n_images bank) on random images, as an epoch runs it: `warmup_steps` uncounted (first
+    calls allocate and pick kernels), then windows of `window_steps` steps until `seconds` pass (at least
+    three windows); the median window's rate, so that a passing spike of load moves it little while a
+    machine that stays loaded is measured as it is. The model is a throwaway with cfg's architecture;
+    torch's thread count is the caller's."""
     pre = Preprocess.for_size(cfg.image_size, CIFAR10_MEAN, CIFAR10_STD)
     side = pre.stored_size
     batch = cfg.batch_size
     images = np.random.default_rng(0).integers(0, 256, (batch * 4, side, side, 3), dtype=np.uint8)
-    bank = max(n_images, len(images))
     learner = Learner(build_encoder(cfg.arch, cfg.dim, cfg.image_size, cfg.width, cfg.stem),
-                      NPIDObjective(cfg, bank, torch.Generator().manual_seed(0))).to(device)
+                      NPIDObjective(cfg, max(n_images, len(images)), torch.Generator().manual_seed(0))).to(device)
     optimizer = torch.optim.SGD(learner.parameters(), lr=0.0, momentum=cfg.momentum)
     feed = DeviceFeed(images, pre, cfg.augmentation, batch, 0, device, Dist())
-    seen, timed, start = 0, 0, None
+    windows: list[float] = []  # images/s of each window
+    steps, start, window_start = 0, time.perf_counter(), 0.0
     for epoch in itertools.count():
-        for step, (x, idx, b) in enumerate(feed.epoch(epoch)):
+        for step, (x, idx, b) in enumerate(feed.epoch(epoch)):  # the feed's augmentation is part of the time
             noise = step_noise(learner.objective, 0, epoch, step, b, Dist())
             train_step(learner, learner.objective, optimizer, x, idx, noise, Dist())
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            if start is None:  # the warm-up step is not counted
-                start = time.perf_counter()
-                continue
-            seen, timed = seen + b, timed + 1
-            elapsed = time.perf_counter() - start
-            if timed >= min_steps and elapsed >= seconds:
-                return seen / elapsed
+            steps += 1
+            now = time.perf_counter()
+            if steps == warmup_steps:
+                window_start = now
+            elif steps > warmup_steps and (steps - warmup_steps) % window_steps == 0:
+                windows.append(window_steps * batch / (now - window_start))
+                window_start = now
+                if len(windows) >= 3 and now - start >= seconds:
+                    return statistics.median(windows)
     raise AssertionError("itertools.count() ended")

@@ -22,7 +22,7 @@ def test_cpu_budget_picks_the_cpu_recipe_and_the_epochs_the_measured_rate_buys(t
 
     def rate(cfg: TrainConfig) -> float:
         timed.append(cfg)
-        return 400.0 if cfg.width == 32 else 100.0
+        return 400.0 if cfg.width == CPU_RECIPE["width"] else 100.0
 
     cfg = training_config(settings(tmp_path, cpu_train_minutes=4), {}, 10_000, cuda=False, rate=rate)
     assert {k: getattr(cfg, k) for k in CPU_RECIPE} == CPU_RECIPE
@@ -51,9 +51,9 @@ def test_gpu_keeps_the_paper_recipe_and_requests_override(tmp_path):
 def test_training_rate_times_real_steps_of_the_config():
     cfg = TrainConfig(arch="airnet", width=8, batch_size=16, objective="softmax", image_size=32)
     threads = torch.get_num_threads()
-    rate = training_rate(cfg, 1000, torch.device("cpu"), seconds=0.05, min_steps=2)
+    rate = training_rate(cfg, 1000, torch.device("cpu"), seconds=0.05, warmup_steps=1, window_steps=2)
     assert math.isfinite(rate) and rate > 0
     assert torch.get_num_threads() == threads  # the caller's threads are what gets timed
     photo = TrainConfig(arch="resnet18", width=8, batch_size=8, objective="nce", negatives=50, image_size=96,
                         stem="imagenet")
-    assert training_rate(photo, 60, torch.device("cpu"), seconds=0.05, min_steps=2) > 0
+    assert training_rate(photo, 60, torch.device("cpu"), seconds=0.05, warmup_steps=1, window_steps=2) > 0

@@ -120,8 +120,10 @@ def _wait_healthy(url: str, api: Child, timeout_s: float = 120) -> None:
 
 def epochs_done(progress: dict) -> float:
     """How many epochs of the job are done, for the progress bar: 0 until training starts (epoch is 1-based
-    and 0 while loading), never more than the job's epochs."""
+    and 0 while loading), never more than the job's epochs, all of them once training is over."""
     epochs, epoch = progress.get("epochs") or 0, progress.get("epoch") or 0
+    if progress.get("phase") not in (None, "loading", "training"):  # measuring, embedding, indexing, ...
+        return float(epochs)
     if not epochs or epoch < 1:
         return 0.0
     within = (progress.get("step") or 0) / max(progress.get("steps") or 1, 1)

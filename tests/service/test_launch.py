@@ -69,6 +69,7 @@ def test_backoff_doubles_up_to_its_cap():
 def test_progress_is_never_negative_nor_past_the_end():
     assert epochs_done({"phase": "loading", "epoch": 0, "epochs": 6}) == 0  # was -1.0 (-17%)
     assert epochs_done({"epochs": 6}) == 0
+    assert epochs_done({"phase": "embedding", "epoch": 14, "step": 0, "steps": 312, "epochs": 14}) == 14  # was 13
     assert epochs_done({"epoch": 1, "epochs": 6, "step": 5, "steps": 10}) == 0.5
     assert epochs_done({"epoch": 6, "epochs": 6, "step": 10, "steps": 10}) == 6
     assert epochs_done({"epoch": 7, "epochs": 6, "step": 3, "steps": 10}) == 6

@@ -52,11 +52,18 @@ def start_stack(collection: Path, artifacts: Path, redis_url: str, minutes: floa
 def run_job(base: str, body: dict) -> tuple[dict, dict[str, float]]:
     """POST /jobs/train, poll every 0.25 s; -> (final job, seconds spent per phase incl. 'queued' and 'swap')."""
     t0 = time.monotonic()
-    job_id = httpx.post(base + "/jobs/train", json=body, headers={"X-API-Key": KEY}, timeout=10).json()["job_id"]
+    for _ in range(120):  # the worker may still be starting: the API answers 503 until one is there
+        r = httpx.post(base + "/jobs/train", json=body, headers={"X-API-Key": KEY}, timeout=10)
+        if r.status_code != 503:
+            break
+        time.sleep(0.5)
+    if r.status_code != 202:
+        raise SystemExit(f"POST /jobs/train: {r.status_code} {r.text}")
+    job_id = r.json()["job_id"]
     phases: dict[str, float] = {}
     last, last_t = "queued", t0
     while True:
-        job = httpx.get(f"{base}/jobs/{job_id}", timeout=10).json()
+        job = httpx.get(f"{base}/jobs/{job_id}", headers={"X-API-Key": KEY}, timeout=10).json()  # with train_config
         phase = job["progress"].get("phase", job["state"]) if job["state"] == "running" else job["state"]
         now = time.monotonic()
         if phase != last:

@@ -22,5 +22,5 @@ def test_gate_publishes_when_not_worse_and_keeps_the_live_one_otherwise():
 
 def test_job_request_splits_start_and_publish_from_config_overrides():
     r = JobRequest.of({"init": "live", "publish": "always", "epochs": 3})
-    assert (r.init, r.publish, r.resume, r.overrides) == ("live", "always", None, {"epochs": 3})
+    assert (r.init, r.publish, r.extend, r.overrides) == ("live", "always", None, {"epochs": 3})
     assert JobRequest.of({}) == JobRequest()

@@ -14,6 +14,7 @@ PIP_INDEX_URL, ...), so the Dockerfile and the compose files stay the same on ev
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -152,7 +153,11 @@ def pip_local_indexes() -> list[Path]:
 def bridge_gateway() -> str:
     """The host's address on Docker's default bridge: where a build's RUN step reaches the host."""
     out = run(["docker", "network", "inspect", "bridge"]).stdout
-    return json.loads(out)[0]["IPAM"]["Config"][0]["Gateway"]
+    config = json.loads(out)[0]["IPAM"]["Config"][0]
+    if "Gateway" in config:
+        return config["Gateway"]
+    # newer engines may list only the subnet: the bridge takes its first address (172.17.0.1 by default)
+    return str(next(ipaddress.ip_network(config["Subnet"]).hosts()))
 
 
 @contextlib.contextmanager

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from PIL import Image, ImageOps
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -85,17 +84,20 @@ def rates(names: list[str], image_size: int, batch: int, threads: int, rounds: i
 
 def raw_pixels_knn(ds, tau: float) -> dict[str, float]:
     """Leave-one-out weighted kNN on centred, L2-normalised raw pixels: the bar a learned embedding must pass."""
+    from trainer.cache import decode_square
     from trainer.data import ArrayImages
 
-    images = ds.images if isinstance(ds, ArrayImages) else np.stack(  # a folder: centre-cropped to 32 x 32
-        [np.asarray(ImageOps.fit(ds.load(i), (32, 32), Image.BICUBIC)) for i in range(len(ds))])
+    pre = Preprocess.for_size(32, CIFAR10_MEAN, CIFAR10_STD)  # a folder: each image as the 32-px cache keeps it
+    images = ds.images if isinstance(ds, ArrayImages) else np.stack(
+        [decode_square(ds.root / path, pre) for path in ds.collection.paths])
     x = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32))  # N x (32*32*3)
     x = torch.nn.functional.normalize(x - x.mean(0), dim=1)
     y = torch.from_numpy(ds.collection.labels)
     return knn_accuracy(x, y, x, y, (200,), tau, exclude_self=True)
 
 
-DEFAULT = {"arch": "airnet", "width": 32, "bank_init": "features", "batch_size": 32}  # today's CPU_RECIPE
+DEFAULT = {"arch": "airnet", "width": 32, "bank_init": "features", "batch_size": 32}  # the recipe this sweep varied
+# (CPU_RECIPE before its "width 16" row won)
 # name -> overrides of the job's old CPU default (resnet18 width 16, softmax tau 0.1, cosine lr 0.03, batch 128)
 VARIANTS: dict[str, dict] = {
     "old default": {},

@@ -256,7 +256,7 @@ def _start_first_job(settings: Settings, folder: Path, base: str, headers: dict)
     from trainer.data import scan_folder
     from trainer.distributed import local_device
 
-    from .pipeline import job_recipe
+    from .pipeline import file_defaults, job_recipe
 
     try:
         files = scan_folder(folder).paths
@@ -265,7 +265,7 @@ def _start_first_job(settings: Settings, folder: Path, base: str, headers: dict)
     n = len(files)
     device = local_device(settings.train_device)
     short_side = policy.median_short_side([folder / p for p in files])
-    cfg = job_recipe(settings, {}, n, device.type == "cuda", short_side)
+    cfg = job_recipe(file_defaults(settings), {}, n, device.type == "cuda", short_side)
     budget = (f"for about {settings.cpu_train_minutes:g} min of training; with a GPU the paper's full recipe runs)"
               if device.type == "cpu" else f"{cfg.epochs} epochs)")
     print(f"no version yet: training a first one on {folder} ({n} images; {device}: {cfg.arch} width {cfg.width} "

@@ -63,8 +63,8 @@ def training_config(settings: Settings, overrides: dict[str, Any], n_images: int
     """The job's TrainConfig: job_recipe, then on a CPU as many epochs as NPID_CPU_TRAIN_MINUTES buy at `rate`
     (default: trainer/speed.py times a few steps of this very config here, with the caller's torch threads), so
     a first version is live in minutes on any CPU. Epochs set by the file or the request win."""
-    cfg = job_recipe(settings, overrides, n_images, cuda, short_side)
-    base = TrainConfig.from_file(settings.train_config).to_dict() if settings.train_config else {}
+    base = file_defaults(settings)
+    cfg = job_recipe(base, overrides, n_images, cuda, short_side)
     if not cuda and "epochs" not in base and "epochs" not in overrides:
         cfg = fit_cpu_budget(cfg, settings.cpu_train_minutes, n_images, rate)
     # a job whose worker dies resumes from its last checkpoint (POST /jobs/<id>/resume): about 20 per run, at
@@ -72,15 +72,19 @@ def training_config(settings: Settings, overrides: dict[str, Any], n_images: int
     return cfg.replace(checkpoint_every=overrides.get("checkpoint_every", max(1, cfg.epochs // JOB_CHECKPOINTS)))
 
 
-def job_recipe(settings: Settings, overrides: dict[str, Any], n_images: int, cuda: bool,
+def file_defaults(settings: Settings) -> dict[str, Any]:
+    """The training config file's fields (NPID_TRAIN_CONFIG), or none."""
+    return TrainConfig.from_file(settings.train_config).to_dict() if settings.train_config else {}
+
+
+def job_recipe(base: dict[str, Any], overrides: dict[str, Any], n_images: int, cuda: bool,
                short_side: int | None = None) -> TrainConfig:
-    """File defaults (NPID_TRAIN_CONFIG), then the machine's recipe, then overrides; epochs not yet sized.
+    """The machine's recipe, then the file's fields (`base`: file_defaults), then overrides; epochs not yet sized.
 
     With a GPU: the paper's recipe (ResNet-18, 200 epochs). On a CPU: CPU_RECIPE (CPU_PHOTO_RECIPE for photos).
     Collections up to SOFTMAX_MAX_IMAGES use the exact softmax (tau 0.1, Table 1's best row) instead of NCE.
     Resolution, stem and the other "auto" fields come from trainer/policy.py (the collection's median short side).
     """
-    base = TrainConfig.from_file(settings.train_config).to_dict() if settings.train_config else {}
     recipe: dict[str, Any] = {}
     if not cuda:
         photos = short_side is not None and not policy.is_small(short_side)
@@ -95,9 +99,9 @@ def job_recipe(settings: Settings, overrides: dict[str, Any], n_images: int, cud
 
 def fit_cpu_budget(cfg: TrainConfig, minutes: float, n_images: int, rate: Rate | None) -> TrainConfig:
     """cfg with the epochs that `minutes` of training buy at `rate` (1 to MAX_CPU_EPOCHS), the reason recorded."""
-    if rate is None:  # timing takes about 1% of a 4-minute budget, at most 2% of a short one
-        rate = lambda c: training_rate(c, n_images, torch.device("cpu"), seconds=min(3.0, minutes * 60 / 50))  # noqa: E731
-    images_per_s = rate(cfg)
+    # timing takes about 1% of a 4-minute budget, at most 2% of a short one
+    images_per_s = rate(cfg) if rate else training_rate(cfg, n_images, torch.device("cpu"),
+                                                        seconds=min(3.0, minutes * 60 / 50))
     epochs = max(1, min(int(minutes * 60 * images_per_s / max(n_images, 1)), MAX_CPU_EPOCHS))
     reason = (f"{epochs}: {minutes:g} min of training at {images_per_s:.0f} images/s (measured here, "
               f"{torch.get_num_threads()} threads), at most {MAX_CPU_EPOCHS}")

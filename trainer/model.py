@@ -104,10 +104,8 @@ class Encoder(nn.Module):
 def build_encoder(arch: str, dim: int, image_size: int, width: int = 64, stem: str = "auto") -> Encoder:
     """stem: cifar | imagenet | auto (trainer/policy.py: cifar for small images); ResNets only."""
     if arch == "airnet":
-        encoder = Encoder(AirNet(width), dim)
-    else:
-        net = resnet(arch, width)
-        if stem == "cifar" or (stem == "auto" and is_small(image_size)):
-            net = cifar_stem(net)
-        encoder = Encoder(net, dim)
-    return encoder
+        return Encoder(AirNet(width), dim)
+    net = resnet(arch, width)
+    if stem == "cifar" or (stem == "auto" and is_small(image_size)):
+        net = cifar_stem(net)
+    return Encoder(net, dim)

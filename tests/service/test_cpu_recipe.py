@@ -3,14 +3,9 @@ still win."""
 
 from __future__ import annotations
 
-import math
-
-import torch
-
 from service.pipeline import CPU_PHOTO_RECIPE, CPU_RECIPE, MAX_CPU_EPOCHS, training_config
 from service.settings import Settings
 from trainer.config import TrainConfig
-from trainer.speed import training_rate
 
 
 def settings(tmp_path, **kw) -> Settings:
@@ -46,14 +41,3 @@ def test_gpu_keeps_the_paper_recipe_and_requests_override(tmp_path):
     cfg = training_config(settings(tmp_path), {}, 10_000, cuda=True, rate=never)
     assert (cfg.arch, cfg.epochs, cfg.bank_init) == ("resnet18", 200, "random")
     assert training_config(settings(tmp_path), {"epochs": 3}, 10_000, cuda=False, rate=never).epochs == 3
-
-
-def test_training_rate_times_real_steps_of_the_config():
-    cfg = TrainConfig(arch="airnet", width=8, batch_size=16, objective="softmax", image_size=32)
-    threads = torch.get_num_threads()
-    rate = training_rate(cfg, 1000, torch.device("cpu"), seconds=0.05, warmup_steps=1, window_steps=2)
-    assert math.isfinite(rate) and rate > 0
-    assert torch.get_num_threads() == threads  # the caller's threads are what gets timed
-    photo = TrainConfig(arch="resnet18", width=8, batch_size=8, objective="nce", negatives=50, image_size=96,
-                        stem="imagenet")
-    assert training_rate(photo, 60, torch.device("cpu"), seconds=0.05, warmup_steps=1, window_steps=2) > 0

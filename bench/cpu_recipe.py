@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from trainer_bench import machine  # noqa: E402
 
+from trainer import recipe  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import CIFAR10_MEAN, CIFAR10_STD, open_dataset  # noqa: E402
 from trainer.distributed import Dist  # noqa: E402
@@ -44,7 +45,7 @@ from trainer.objective import NPIDObjective  # noqa: E402
 from trainer.preprocess import Preprocess  # noqa: E402
 from trainer.train import Learner, train, train_step  # noqa: E402
 
-REFERENCE = "resnet18-w16"  # the jobs' old CPU default, whose rate service/pipeline.py records
+REFERENCE = "resnet18-w16"  # the jobs' old CPU default, whose rate service/jobs/pipeline.py records
 REFERENCE_IMAGES_PER_S = 250.0  # its images/s on one worker thread (docs/jobs-benchmark.md)
 BACKBONES = {"resnet18-w16": ("resnet18", 16), "resnet18-w8": ("resnet18", 8), "airnet-w32": ("airnet", 32),
              "airnet-w16": ("airnet", 16), "airnet-w64": ("airnet", 64)}
@@ -180,16 +181,12 @@ def untrained_knn(cfg: TrainConfig, ds, pre: Preprocess) -> dict[str, float]:
 
 
 def check(args) -> str:
-    """The job's CPU default (service/pipeline.py:training_config) on a whole folder, vs raw pixels."""
-    from service.pipeline import training_config
-    from service.settings import load_settings
-
+    """The machine recipe on a CPU (trainer/recipe.py, as `npid train` and a job decide it) on a whole folder, vs
+    raw pixels."""
     ds = open_dataset(args.data, "train")
     overrides = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    settings = load_settings(collection_root=Path(args.data) if Path(args.data).is_dir() else Path.cwd(),
-                             artifacts_dir=Path(args.out))
-    cfg = training_config(settings, overrides, len(ds), cuda=False)
+    cfg = recipe.decide(overrides, recipe.collection_of(args.data), cuda=False)
     cfg = cfg.replace(data=args.data, out=args.out, progress=False, knn_every=0)
     pixels = raw_pixels_knn(ds, cfg.tau)
     t = time.perf_counter()
@@ -211,14 +208,15 @@ def order(args) -> str:
     """Label-free quality beside leave-one-out kNN for finished runs (their exports): do they rank alike?"""
     from scipy.stats import kendalltau, spearmanr
 
-    from service.promotion import export_quality
+    from service.jobs.promotion import export_quality
 
     rows = []
     for run in map(Path, args.runs):
         export = run / "export"
         meta = json.loads((export / "export.json").read_text())
         ds = open_dataset(meta["train_config"]["data"], "train", meta["train_config"]["limit"])
-        q = export_quality(export, ds, torch.device("cpu"))
+        flip = TrainConfig.from_dict(meta["train_config"]).flip
+        q = export_quality(export, ds, torch.device("cpu"), flip)
         knn = meta["metrics"]["knn"]
         rows.append((run.name, meta["train_config"]["epochs"], knn["top1@200"], q))
     rows.sort(key=lambda r: r[2])
@@ -235,21 +233,21 @@ def order(args) -> str:
 
 def warm(args) -> str:
     """Warm start vs from scratch at the same budget, on a collection that grew from --before to --after images."""
-    from service.pipeline import CPU_RECIPE
-    from service.promotion import export_quality
+    from service.jobs.promotion import export_quality
     from trainer.speed import training_rate
 
-    recipe = {**OLD_DEFAULT, **CPU_RECIPE}
+    fields = {**OLD_DEFAULT, **recipe.CPU_RECIPE}
     out = Path(args.out)
-    rate = args.images_per_s or training_rate(TrainConfig(**recipe), args.after,
+    rate = args.images_per_s or training_rate(TrainConfig(**fields), args.after,
                                               torch.device("cpu"))
 
     def run(name: str, limit: int, **extra) -> dict:
         epochs = max(1, round(args.budget_s * rate / limit))
-        cfg = TrainConfig(**{**recipe, **extra}, data=args.data, limit=limit, epochs=epochs, out=str(out / name),
+        cfg = TrainConfig(**{**fields, **extra}, data=args.data, limit=limit, epochs=epochs, out=str(out / name),
                           knn_every=0, progress=False)
         metrics = train(cfg, resume=False)
-        q = export_quality(out / name / "export", open_dataset(args.data, "train", limit), torch.device("cpu"))
+        q = export_quality(out / name / "export", open_dataset(args.data, "train", limit), torch.device("cpu"),
+                           cfg.flip)
         return {"name": name, "n": limit, "epochs": epochs, "top1": metrics["knn"]["top1@200"], "q": q}
 
     rows = [run("before", args.before)]

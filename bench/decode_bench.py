@@ -1,6 +1,6 @@
 """Bounded decoding under abuse: 20 concurrent 40-megapixel uploads to POST /search, the API's memory and /health.
 
-A uvicorn process (`--factory service.app:create_app`, default decode settings: NPID_DECODE_THREADS=2,
+A uvicorn process (`--factory service.api.app:create_app`, default decode settings: NPID_DECODE_THREADS=2,
 NPID_DECODE_PIXEL_BUDGET=40,000,000) serves a small generated collection (bench/service_bench.py's deployment).
 The client sends 20 uploads at once of a 6300x6300 image (39.7 MP, the default NPID_MAX_PIXELS allows 40 MP),
 once as PNG (no reduced decode exists: each decode holds the whole pixel budget, so they run one at a time) and

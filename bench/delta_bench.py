@@ -43,7 +43,7 @@ from ports import free_port  # noqa: E402
 from service_bench import versions  # noqa: E402
 
 from index import ArtifactStore, IndexConfig, NewItem  # noqa: E402
-from service.app import create_app  # noqa: E402
+from service.api.app import create_app  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from trainer.augment import Preprocess  # noqa: E402
 from trainer.data import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402

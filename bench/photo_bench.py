@@ -171,7 +171,7 @@ def bench_job(args) -> None:
             proc.wait(60)
     cfg = job["metrics"]["train_config"]
     print(f"Machine: {machine()}  \nCommand: `python {' '.join(sys.argv)}`  \n"
-          f"Collection: {job['metrics']['images']} photos; policy and CPU budget chose {cfg['image_size']} px, "
+          f"Collection: {job['metrics']['images']} photos; the recipe and CPU budget chose {cfg['image_size']} px, "
           f"{cfg['arch']} width {cfg['width']} ({cfg['stem']} stem), {cfg['epochs']} epoch(s), {cfg['objective']}, "
           f"batch {cfg['batch_size']}\n")
     print("| phase | seconds |\n| --- | --- |")

@@ -2,7 +2,7 @@
 
 The floor is the same work without HTTP: `uploads.decode_upload` + `LiveVersion.query` (embed + search)
 called in a loop in this process, on the version the server loads. The server is a separate uvicorn
-process (`--factory service.app:create_app`, access log off, rate limit off); the client is a minimal
+process (`--factory service.api.app:create_app`, access log off, rate limit off); the client is a minimal
 keep-alive HTTP/1.1 client on asyncio streams (pre-encoded request, Content-Length response), so that
 it takes as little as possible of the CPU it shares with the server.
 
@@ -44,10 +44,10 @@ import torch
 from PIL import Image
 
 from index import ArtifactStore
-from service.decoding import PixelBudget
-from service.engine import Engine
+from service.api.decoding import PixelBudget
+from service.api.uploads import decode_upload
+from service.live.engine import Engine
 from service.settings import Settings
-from service.uploads import decode_upload
 from trainer.data import CIFAR10_MEAN, CIFAR10_STD, ImageFolder
 from trainer.embed import embed_dataset, model_config, write_export
 from trainer.model import build_encoder
@@ -179,7 +179,7 @@ def start_server(collection: Path, store: Path, port: int, torch_threads: int, c
     env = {**os.environ, "NPID_COLLECTION_ROOT": str(collection), "NPID_ARTIFACTS_DIR": str(store),
            "NPID_RATE_LIMIT_PER_MINUTE": "0", "NPID_LOG_LEVEL": "WARNING", "NPID_TORCH_THREADS": str(torch_threads),
            "NPID_INFERENCE_CONCURRENCY": str(concurrency)}
-    cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.api.app:create_app", "--host", "127.0.0.1",
            "--port", str(port), "--no-access-log", "--log-level", "warning"]
     server = subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parents[1])
     deadline = time.monotonic() + 120

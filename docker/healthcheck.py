@@ -33,7 +33,7 @@ def worker() -> str | None:
     """None when this container's worker answers a ping, else why not. Imports no torch: cheap enough to poll."""
     from kombu.exceptions import OperationalError
 
-    from service.queue import make_celery
+    from service.jobs.queue import make_celery
     from service.settings import SettingsError, load_settings
 
     try:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from durable import fsync_dir, fsync_tree
+
 from .build import build_tuned, train_and_add
 from .config import IndexConfig
 from .content import (
@@ -43,7 +45,6 @@ from .content import (
     write_content,
 )
 from .delta import Delta, LiveItems
-from .durable import fsync_dir, fsync_tree
 from .errors import (
     DamagedVersionError,
     EmptyCollectionError,

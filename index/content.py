@@ -19,8 +19,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from durable import link_or_copy
+
 from .delta import DELTA_FILES, Delta
-from .durable import link_or_copy
 from .errors import DamagedVersionError
 from .export import MODEL_FILES
 from .metadata import Metadata

@@ -12,7 +12,8 @@ import platform
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-from .durable import sha256_file
+from durable import sha256_file
+
 from .errors import DamagedVersionError
 
 MANIFEST = "manifest.json"

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .durable import write_atomic
+from durable import atomic_write
+
 from .errors import DamagedVersionError
 
 POINTER = "CURRENT"
@@ -42,4 +43,4 @@ def read_pointer(root: str | Path) -> Pointer | None:
 
 def write_pointer(root: str | Path, pointer: Pointer,
                   before_replace: Callable[[], None] | None = None) -> None:
-    write_atomic(Path(root) / POINTER, pointer.to_json().encode(), before_replace)
+    atomic_write(Path(root) / POINTER, pointer.to_json().encode(), before_replace)

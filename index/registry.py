@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from durable import atomic_write
+
 from .delta import LiveItems
-from .durable import write_atomic
 from .metadata import ItemMeta
 
 TOMBSTONES_FILE = "tombstones.jsonl"
@@ -57,7 +58,7 @@ def read_next_id(root: Path) -> int:
 
 
 def write_next_id(root: Path, next_id: int) -> None:
-    write_atomic(root / NEXT_ID_FILE, (json.dumps({"next_id": int(next_id)}) + "\n").encode())
+    atomic_write(root / NEXT_ID_FILE, (json.dumps({"next_id": int(next_id)}) + "\n").encode())
 
 
 def assign_ids(rows: list[ItemMeta], live: LiveItems | None, tombstones: dict[str, int],

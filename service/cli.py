@@ -8,7 +8,13 @@ import logging
 import sys
 
 # package modules that expose register(subparsers); each adds its subcommand(s) with set_defaults(func=...)
-COMMAND_MODULES = ("trainer.cli", "index.cli", "service.commands", "service.launch")
+COMMAND_MODULES = ("trainer.cli", "index.cli", "service.api.serve", "service.jobs.cli", "service.launch.up")
+
+
+def _embed_image_file(version_dir, image):
+    from .live.collection import embed_image_file  # torch is imported only when a query image is embedded
+
+    return embed_image_file(version_dir, image)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,9 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         if name == "index.cli":  # the index knows no models: a query image is embedded by the trainer's code
-            from .commands import embed_image_file
-
-            module.register(sub, embed_image=embed_image_file)
+            module.register(sub, embed_image=_embed_image_file)
         else:
             module.register(sub)
     return parser

@@ -60,10 +60,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     redis_url: str = "redis://localhost:6379/0"  # broker of the training jobs (its password is masked in logs)
 
-    # --- background jobs (service/jobs.py, service/pipeline.py) ---
+    # --- background jobs (service/jobs/store.py, service/jobs/pipeline.py) ---
     train_device: str = "auto"  # where the worker trains: auto | cpu | cuda | cuda:N
     train_config: Path | None = None  # YAML/JSON of TrainConfig fields: the jobs' recipe defaults
-    cpu_train_minutes: float = Field(4.0, gt=0)  # CPU-only hosts: epochs are chosen to fit about this long
+    cpu_train_minutes: float = Field(4.0, gt=0)  # CPU-only hosts: train this long (recipe.CPU_TRAIN_MINUTES)
     worker_threads: int = Field(0, ge=0)  # torch threads of a job; 0 = all cores but one (the API's), all before v1
     keep_training: bool = True  # `npid up`: after the first version, go on training and publish improvements
     improve_margin: float = Field(1.0, ge=0)  # points of self-retrieval top-1 a background version must gain

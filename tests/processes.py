@@ -73,7 +73,7 @@ def wait_for(predicate, timeout_s: float, message: str, every_s: float = 0.05):
 
 def wait_for_worker(redis_url: str, timeout_s: float = 90) -> None:
     """Until a worker has announced itself in Redis: before that, POST /jobs/* answers 503 "no worker"."""
-    from service.jobs import JobStore
+    from service.jobs.store import JobStore
 
     jobs = JobStore(redis_url)
     wait_for(lambda: jobs.workers_alive(), timeout_s, "the worker never announced itself", every_s=0.1)

@@ -2,7 +2,7 @@
 
 No Docker engine is needed. docker-compose.yml, docker-compose.cpu.yml, docker/Dockerfile, .env.example and
 the README's deploy section are parsed here and checked against the `npid` parser (service.cli), the
-Settings fields (service.settings) and the app's routes (service.app). `docker-compose config` and hadolint
+Settings fields (service.settings) and the app's routes (service.api.app). `docker-compose config` and hadolint
 run where they are installed (scripts/test.sh installs Debian's docker-compose) and are skipped elsewhere.
 """
 
@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from service.app import create_app
+from service.api.app import create_app
 from service.cli import build_parser
 from service.settings import Settings, load_settings
 
@@ -119,7 +119,7 @@ def mount_target(volume: str) -> str:
 
 
 def api_paths(tmp_path: Path) -> set[str]:
-    """The paths service.app serves, from its OpenAPI schema (the app is created, not started)."""
+    """The paths service.api.app serves, from its OpenAPI schema (the app is created, not started)."""
     (tmp_path / "images").mkdir(exist_ok=True)
     (tmp_path / "artifacts").mkdir(exist_ok=True)
     app = create_app(Settings(_env_file=None, collection_root=tmp_path / "images",
@@ -246,7 +246,7 @@ def test_healthcheck_probes_ready_on_the_served_port(tmp_path):
     health = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(health)
     url = urlsplit(health.READY_URL)
-    assert url.path == "/ready" and url.path in api_paths(tmp_path), f"{url.path} is no route of service.app"
+    assert url.path == "/ready" and url.path in api_paths(tmp_path), f"{url.path} is no route of service.api.app"
 
     api = load_yaml(COMPOSE)["services"]["api"]
     assert api["healthcheck"]["test"] == ["CMD", "python", "/app/healthcheck.py", "api"]

@@ -22,7 +22,7 @@ import tomllib
 from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("trainer", "index", "service")
+PACKAGES = ("trainer", "index", "service", "durable")
 # declared runtime dependencies that no module imports by name, and why they are runtime dependencies anyway
 USED_INDIRECTLY = {
     "python-multipart": "FastAPI parses the multipart upload forms (POST /search, POST /images) with it",
@@ -140,7 +140,7 @@ def test_clean_venv_install_runs_every_command(tmp_path):
                 return False
 
         _wait_for(serve, health, "npid serve")
-        from service.queue import make_celery
+        from service.jobs.queue import make_celery
 
         celery = make_celery(redis_url)
         _wait_for(worker, lambda: bool(celery.control.ping(timeout=1)), "npid worker")

@@ -8,15 +8,17 @@ file write to a background thread, so a checkpoint costs a step one memory copy,
 from __future__ import annotations
 
 import logging
-import os
 import random
 import subprocess
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from durable import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +69,6 @@ def checkpoint_state(*, learner: torch.nn.Module, optimizer: torch.optim.Optimiz
             "code_version": version}
 
 
-def write_atomically(blob: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(blob, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 class CheckpointWriter:
     """Writes checkpoints to one path from a background thread, one at a time, newest wins."""
 
@@ -98,7 +91,7 @@ class CheckpointWriter:
         try:
             if ready is not None:
                 ready.synchronize()
-            write_atomically(snapshot, self.path)
+            atomic_write(self.path, partial(torch.save, snapshot))
         except BaseException as e:  # handed to the training thread by wait()
             self._error = e
 

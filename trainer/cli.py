@@ -1,4 +1,5 @@
-"""`npid train`: every TrainConfig field is a flag; a YAML/JSON file can supply defaults."""
+"""`npid train`: every TrainConfig field is a flag; a YAML/JSON file can supply defaults; the recipe (trainer/recipe.py)
+decides the rest, as it does for the service's jobs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import sys
 import typing
 
+from . import recipe
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -36,21 +38,31 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                             **_flag_type(hints[field.name]))
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def explicit_fields(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields the user gave: the --config file's, then the flags (which win)."""
     base = TrainConfig.from_file(args.config).to_dict() if args.config else {}
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f.name, None) is not None}
-    return TrainConfig.from_dict({**base, **overrides})
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if getattr(args, f.name, None) is not None}
+    return {**base, **flags}
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The run's config: the recipe (trainer/recipe.py) for this collection and machine, explicit fields winning."""
+    from .distributed import local_device
+
+    explicit = explicit_fields(args)
+    cfg = TrainConfig.from_dict(explicit)  # validates the fields before the collection is read
+    if not cfg.data:
+        raise ValueError("give an image folder or cifar10:<dir> to train on")
+    cuda = local_device(cfg.device).type == "cuda"
+    return recipe.decide(explicit, recipe.collection_of(cfg.data, cfg.limit), cuda, args.recipe, args.minutes)
 
 
 def run(args: argparse.Namespace) -> int:
     from .train import TrainingDiverged, train
 
     try:
-        cfg = config_from_args(args)
-        if not cfg.data:
-            raise ValueError("give an image folder or cifar10:<dir> to train on")
-        train(cfg)
+        train(config_from_args(args))
     except (ValueError, FileNotFoundError, TrainingDiverged, RuntimeError) as e:
         log.debug("training failed", exc_info=True)
         print(f"npid train: error: {e}", file=sys.stderr)
@@ -63,5 +75,11 @@ def register(sub) -> None:
                        description="Train NPID on an image folder or cifar10:<dir>; writes <out>/export/.")
     p.add_argument("data", nargs="?", default=None, help="image folder, or cifar10:<dir> for the .npz arrays")
     p.add_argument("--config", help="YAML or JSON file of TrainConfig fields (flags override it)")
+    p.add_argument("--recipe", choices=recipe.RECIPES, default="machine",
+                   help="machine (default, as the service's jobs train): the paper's recipe on a GPU, the measured "
+                        "CPU recipe on a CPU for --minutes; paper: the paper's recipe anywhere (trainer/recipe.py)")
+    p.add_argument("--minutes", type=float, default=recipe.CPU_TRAIN_MINUTES,
+                   help="machine recipe on a CPU: train the epochs that this many minutes buy here (timed first); "
+                        "--epochs wins")
     add_config_flags(p)
     p.set_defaults(func=run)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from . import policy
+from .preprocess import is_small
 
 Objective = Literal["softmax", "nce", "infonce", "parametric"]
 Schedule = Literal["step", "cosine"]
@@ -66,17 +66,17 @@ class TrainConfig:
     # --- data ---
     data: str = ""  # image folder, or "cifar10:<dir>" for the CIFAR-10 .npz arrays
     eval_data: str = ""  # optional labelled eval set (same syntax); empty: leave-one-out kNN on the collection
-    image_size: int = 0  # px, square; 0: trainer/policy.py picks it from the collection (CIFAR: 32)
-    hflip: bool | None = None  # None: policy (off for small images as in the paper's CIFAR code, on for photos)
+    image_size: int = 0  # px, square; 0: trainer/recipe.py picks it from the collection (CIFAR: 32)
+    hflip: bool | None = None  # None: recipe (off for small images as in the paper's CIFAR code, on for photos)
     data_path: DataPath = "auto"  # auto: the decode-once image cache + batched augmentation (loader: PIL)
     cache_dir: str = ""  # decoded-image cache (trainer/cache.py); empty: ~/.cache/npid-search/images
     workers: int = 2  # PIL loader processes (data_path=loader)
     limit: int = 0  # use only the first N images (0: all); for smoke runs
 
     # --- model ---
-    arch: str = "auto"  # any torchvision ResNet (resnet18, resnet50, ...); auto: policy (CIFAR: resnet18)
-    width: int = 0  # first-stage channels (64: torchvision's); 0: policy (64), narrower for CPU budgets
-    stem: str = "auto"  # cifar (3x3, no pool) | imagenet (7x7/2 + pool) | auto: policy (cifar up to 64 px)
+    arch: str = "auto"  # any torchvision ResNet (resnet18, resnet50, ...); auto: recipe (CIFAR: resnet18)
+    width: int = 0  # first-stage channels (64: torchvision's); 0: recipe (64), narrower for CPU budgets
+    stem: str = "auto"  # cifar (3x3, no pool) | imagenet (7x7/2 + pool) | auto: recipe (cifar up to 64 px)
     dim: int = 128  # embedding size (paper: 128)
     init_model: str = ""  # model.pt to start from (warm start from a published version); "": random init
 
@@ -97,7 +97,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 0.03
     momentum: float = 0.9
-    weight_decay: float | None = None  # None: policy (5e-4 small images as paper's CIFAR, 1e-4 photos as ImageNet)
+    weight_decay: float | None = None  # None: recipe (5e-4 small images as paper's CIFAR, 1e-4 photos as ImageNet)
     schedule: Schedule = "step"
     milestones: tuple[int, ...] = (120, 160)  # epochs at which lr *= 0.1 (schedule=step). The reference's
     #   cifar.py sets lr * 0.1 ** ((epoch - 80) // 40) from epoch 80: x0.1 at 120 and again at 160, as here
@@ -144,9 +144,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "dim"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
-        for name in ("image_size", "width"):  # 0: chosen by trainer/policy.py
+        for name in ("image_size", "width"):  # 0: chosen by trainer/recipe.py
             if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 1, or 0 for the policy's choice (got {getattr(self, name)})")
+                problems.append(f"{name} must be >= 1, or 0 for the recipe's choice (got {getattr(self, name)})")
         if self.stem not in ("auto", "cifar", "imagenet"):
             problems.append(f"unknown stem {self.stem!r}")
         if self.lr <= 0:
@@ -159,7 +159,7 @@ class TrainConfig:
     @property
     def small_images(self) -> bool:
         """CIFAR-style inputs: the CIFAR stem, no flip and weight decay 5e-4 by default."""
-        return policy.is_small(self.image_size)
+        return is_small(self.image_size)
 
     @property
     def flip(self) -> bool:

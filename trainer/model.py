@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from .policy import is_small
+from .preprocess import is_small
 
 
 def init_like_torchvision(module: nn.Module) -> nn.Module:
@@ -102,7 +102,7 @@ class Encoder(nn.Module):
 
 
 def build_encoder(arch: str, dim: int, image_size: int, width: int = 64, stem: str = "auto") -> Encoder:
-    """stem: cifar | imagenet | auto (trainer/policy.py: cifar for small images); ResNets only."""
+    """stem: cifar | imagenet | auto (cifar for small images, trainer/preprocess.py); ResNets only."""
     if arch == "airnet":
         return Encoder(AirNet(width), dim)
     net = resnet(arch, width)

@@ -1,6 +1,6 @@
 """The eval transform: how an image becomes the encoder's input, recorded with every export and version.
 
-Two geometries, chosen by `policy.is_small`:
+Two geometries, chosen by `is_small`:
 - small images (CIFAR-like): squash the whole image to image_size x image_size, as training saw it;
 - photos: resize the short side to `resize` (image_size / 0.875, the ImageNet convention), centre crop.
 
@@ -23,7 +23,17 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from .policy import PHOTO_CROP_FRACTION, is_small
+# Images up to this many px (short side) are "small": the CIFAR geometry and recipe of the paper's code apply
+# (squashed whole, 3x3 stride-1 stem without max-pool, no flip, weight decay 5e-4); above it the ImageNet ones.
+# 64 px: the ImageNet stem divides by 4, leaving <= 16x16 maps at 64 px, too coarse for ResNet's 4 stages.
+SMALL_IMAGE_MAX = 64
+# ImageNet eval convention: resize the short side to size / 0.875 (256 for 224), then centre crop.
+PHOTO_CROP_FRACTION = 0.875
+
+
+def is_small(image_size: int) -> bool:
+    """CIFAR-style inputs (the CIFAR geometry and stem, no flip, weight decay 5e-4 by default)."""
+    return image_size <= SMALL_IMAGE_MAX
 
 PREPROCESS_FORMAT = 2
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from durable import atomic_write
 
 from .augment import DeviceAugment
 from .config import AugmentConfig
@@ -42,9 +43,9 @@ def sample_ids(n: int, size: int = SAMPLE_SIZE, seed: int = SAMPLE_SEED) -> np.n
     return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
 
 
-def sample_key(paths: list[str], ids: np.ndarray, seed: int) -> str:
-    """Names the (gallery, sample, seed) a figure was measured on: equal keys, comparable figures."""
-    h = hashlib.sha256(f"{seed}:{len(paths)}:".encode())
+def sample_key(paths: list[str], ids: np.ndarray, seed: int, hflip: bool = False) -> str:
+    """Names the (gallery, sample, seed, views) a figure was measured on: equal keys, comparable figures."""
+    h = hashlib.sha256(f"{seed}:{len(paths)}:".encode() + (b"flip:" if hflip else b""))
     for p in paths:
         h.update(p.encode() + b"\0")
     h.update(ids.astype(np.int64).tobytes())
@@ -111,8 +112,4 @@ def record_in_export(export_dir: str | Path, quality: dict) -> None:
     path = Path(export_dir) / "export.json"
     meta = json.loads(path.read_text())
     meta["quality"] = quality  # the index copies it into the version's manifest (index/artifact.py)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(meta, indent=2).encode())

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from . import policy
+from . import recipe
 from .cache import CacheUnavailable, cached_folder
 from .checkpoint import CheckpointWriter, checkpoint_state, code_version, read_checkpoint, restore
 from .config import TrainConfig
@@ -136,7 +136,7 @@ def check_same_run(saved: dict, cfg: TrainConfig, ckpt: Path) -> None:
 
 def open_training_data(cfg: TrainConfig, device: torch.device,
                        progress: bool) -> tuple[TrainConfig, ImageFolder | ArrayImages, Preprocess]:
-    """The collection, cfg with the policy's choices filled in (trainer/policy.py), and the eval transform.
+    """The collection, cfg with its "auto" fields decided (trainer/recipe.py), and the eval transform.
 
     An image folder is read through the decode-once cache; the PIL loader only when asked for
     (data_path=loader) or when the cache does not fit its disk budget.
@@ -146,8 +146,8 @@ def open_training_data(cfg: TrainConfig, device: torch.device,
     if isinstance(ds, ArrayImages):
         short = ds.images.shape[1]
     else:
-        short = policy.median_short_side([ds.root / p for p in ds.collection.paths], cfg.seed)
-    cfg = policy.resolve(cfg, short, device.type == "cuda")
+        short = recipe.median_short_side([ds.root / p for p in ds.collection.paths], cfg.seed)
+    cfg = recipe.resolve(cfg, short, device.type == "cuda")
     pre = Preprocess.for_size(cfg.image_size, *((CIFAR10_MEAN, CIFAR10_STD) if cifar
                                                 else (IMAGENET_MEAN, IMAGENET_STD)))
     if isinstance(ds, ImageFolder) and cfg.data_path != "loader":
@@ -400,7 +400,7 @@ def train(cfg: TrainConfig, on_progress: Callable[[Progress], None] | None = Non
     report = on_progress if (on_progress and d.main) else (lambda p: None)
     report(Progress("loading", epochs=cfg.epochs))
     run = prepare(cfg, device, d, resume, show)
-    cfg = run.cfg  # the policy has decided its "auto" fields
+    cfg = run.cfg  # the recipe has decided its "auto" fields
     if run.d.main and run.start_epoch < cfg.epochs:
         tqdm.write(f"{'epoch':>5} {'loss':>9} {'kNN@1':>7} {'lr':>8} {'img/s':>8} {'time':>7}")
     train_start = time.perf_counter()

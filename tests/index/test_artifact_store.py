@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from durable import sha256_file
 from index import (
     ArtifactStore,
     DimensionMismatchError,
@@ -17,7 +18,6 @@ from index import (
     VersionNotFoundError,
 )
 from index.content import DATA_FILES
-from index.durable import sha256_file
 
 D = 16
 

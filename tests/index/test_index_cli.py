@@ -13,7 +13,7 @@ import pytest
 
 from index import ArtifactStore
 from index.cli import register
-from service.commands import embed_image_file  # the `npid` program wires the trainer's embedding in
+from service.live.collection import embed_image_file  # the `npid` program wires the trainer's embedding in
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from index import ArtifactStore
-from service.app import create_app
+from service.api.app import create_app
 from service.settings import Settings
 from trainer.config import TrainConfig
 from trainer.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolder

@@ -9,9 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
-from service.auth import MISSING_KEY, NO_KEY_CONFIGURED, WRONG_KEY
-from service.ratelimit import RateLimiter
+from service.api.app import create_app
+from service.api.auth import MISSING_KEY, NO_KEY_CONFIGURED, WRONG_KEY
+from service.api.ratelimit import RateLimiter
 
 KEY = "s3cret-key"
 

@@ -6,7 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 from synthetic import noise_image
 
-from service.app import create_app
+from service.api.app import create_app
 
 KEY = "add-key"
 AUTH = {"X-API-Key": KEY}

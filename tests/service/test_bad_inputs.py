@@ -20,8 +20,8 @@ from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from service.bodylimit import MULTIPART_SLACK, BodyLimitMiddleware
-from service.uploads import CORRUPT, EMPTY, UNSUPPORTED, too_large, too_many_pixels
+from service.api.bodylimit import MULTIPART_SLACK, BodyLimitMiddleware
+from service.api.uploads import CORRUPT, EMPTY, UNSUPPORTED, too_large, too_many_pixels
 
 MAX_UPLOAD = 10 * 1024 * 1024  # the service defaults the tests run with
 MAX_PIXELS = 40_000_000

@@ -19,7 +19,7 @@ from hypothesis.stateful import run_state_machine_as_test
 from PIL import Image
 from processes import Worker, wait_for
 
-from service.jobs import JobStore
+from service.jobs.store import JobStore
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 KEY = "contract-key"

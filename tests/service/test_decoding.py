@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.decoding import PixelBudget, shrink
-from service.errors import without_paths
-from service.uploads import UploadRejected, decode_upload
+from service.api.decoding import PixelBudget, shrink
+from service.api.errors import without_paths
+from service.api.uploads import UploadRejected, decode_upload
 
 
 def jpeg(width: int, height: int) -> bytes:

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from index import ArtifactStore
 from index.pointer import Pointer, write_pointer
-from service.app import create_app
+from service.api.app import create_app
 from trainer.embed import model_config, save_model
 from trainer.model import build_encoder
 

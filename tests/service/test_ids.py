@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from synthetic import noise_image
 
 from index import ArtifactStore
-from service import engine as engine_module
-from service.app import create_app
+from service.api.app import create_app
+from service.live import compaction
 from trainer.augment import Preprocess
 from trainer.data import ImageFolder
 from trainer.embed import embed_dataset, load_model_and_config, write_export
@@ -65,7 +65,7 @@ def test_batch_add_makes_one_version_and_known_bytes_answer_their_id(make_settin
 
 def test_background_compaction_folds_the_adds_keeping_ids(make_settings, dirs, monkeypatch):
     collection, _ = dirs
-    monkeypatch.setattr(engine_module, "COMPACT_MIN_DELTA", 3)  # fold from 3 changes on, not 2048
+    monkeypatch.setattr(compaction, "COMPACT_MIN_DELTA", 3)  # fold from 3 changes on, not 2048
     with TestClient(create_app(make_settings(api_key=KEY))) as client:
         added = post(client, png(31), png(32)).json()["images"]
         assert client.app.state.engine.live.delta_size == 2  # under the threshold: no compaction

@@ -8,9 +8,9 @@ import pytest
 import redis
 from processes import RedisServer
 
-from service.jobs import LOCK, NO_WORKER, PREFIX, JobConflict, JobStore, LeaseLost
-from service.reporter import JobReporter, run_job
-from service.runs import clean_runs
+from service.jobs.reporter import JobReporter, run_job
+from service.jobs.runs import clean_runs
+from service.jobs.store import LOCK, NO_WORKER, PREFIX, JobConflict, JobStore, LeaseLost
 
 URL = "redis://127.0.0.1:6379/13"
 

@@ -20,9 +20,9 @@ from PIL import Image
 from processes import RedisServer, Worker, wait_for, wait_for_worker
 
 from index import ArtifactStore
-from service.app import create_app
-from service.improve import keep_improving, next_epochs
-from service.runs import checkpoint_of
+from service.api.app import create_app
+from service.jobs.runs import checkpoint_of
+from service.launch.improve import keep_improving, next_epochs
 from service.settings import Settings
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
@@ -238,7 +238,7 @@ def test_sigkilled_worker_fails_the_job_frees_the_lock_and_old_version_serves(st
     version = current(settings)
     job_id = client.post("/jobs/train", json={"epochs": 200}, headers=KEY).json()["job_id"]
     running_with_progress(client, job_id)
-    # 200 epochs: a checkpoint every 10 (service/pipeline.py, JOB_CHECKPOINTS); die after the first
+    # 200 epochs: a checkpoint every 10 (service/jobs/pipeline.py, JOB_CHECKPOINTS); die after the first
     wait_for(lambda: client.get(f"/jobs/{job_id}").json()["progress"].get("epoch", 0) >= 12, 120, "no 12th epoch")
     worker.kill()
     job = finished(client, job_id, LOCK_TTL_S + 30)

@@ -20,8 +20,8 @@ import pytest
 import redis
 from processes import wait_for_worker
 
-from service.launch import epochs_done
-from service.supervise import backoff_s, last_line
+from service.launch.progress import epochs_done
+from service.launch.supervise import backoff_s, last_line
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "launch-test-key-0123456789"

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from processes import wait_for_worker
 
 from index import ArtifactStore
-from service.app import create_app
+from service.api.app import create_app
 from service.settings import Settings
 
 REDIS_URL = "redis://127.0.0.1:6379/11"  # issue 11's database on the shared server
@@ -56,7 +56,7 @@ def photo_stack(tmp_path_factory):
     verdicts = photos.write_bad_files(collection / "odd", seed=4)
     store = tmp / "store"
     store.mkdir()
-    recipe = tmp / "train.yaml"  # tiny and fast; resolution left to the policy or the job
+    recipe = tmp / "train.yaml"  # tiny and fast; resolution left to the recipe or the job
     recipe.write_text(yaml.safe_dump({"arch": "resnet18", "width": 4, "dim": 16, "batch_size": 16, "epochs": 1,
                                       "knn_every": 0, "knn_k": [5]}))
     redis.Redis.from_url(REDIS_URL).flushdb()
@@ -91,14 +91,14 @@ def run_job(client, kind: str, body: dict | None = None) -> dict:
 
 def test_photo_job_at_photo_resolution_in_the_worker_then_search_and_reindex(photo_stack):
     client, settings, verdicts, log = photo_stack
-    job = run_job(client, "train", {})  # no override: the policy sees photos (median short side ~225 px)
+    job = run_job(client, "train", {})  # no override: the recipe sees photos (median short side ~225 px)
     assert job["state"] == "succeeded", (job, log.read_text()[-3000:])
     version = ArtifactStore(settings.artifacts_dir).load(job["version"]).directory
     pre = json.loads((version / "preprocess.json").read_text())
     assert (pre["image_size"], pre["resize"], pre["format"]) == (96, 110, 2)  # photos: resize 110, crop 96
     cfg = json.loads((version / "manifest.json").read_text())["training"]["config"]
     export = json.loads((settings.artifacts_dir / "runs" / job["id"] / "export" / "export.json").read_text())
-    assert (cfg["image_size"], cfg["stem"], cfg["hflip"]) == (96, "imagenet", True)  # CPU photo policy
+    assert (cfg["image_size"], cfg["stem"], cfg["hflip"]) == (96, "imagenet", True)  # CPU photo recipe
     assert "photos" in cfg["extra"]["policy"]["image_size"] and "stem" in cfg["extra"]["policy"]
     skipped = sorted(n for n, v in verdicts.items() if v == "skip")
     assert sorted(p.split("/")[-1] for p in export["skipped"]) == skipped
@@ -119,26 +119,27 @@ def test_photo_job_at_photo_resolution_in_the_worker_then_search_and_reindex(pho
     assert last.startswith(f"{job['metrics']['images']} reused, 0 decoded"), last[:200]
 
 
-def test_job_overrides_win_over_the_policy(photo_stack):
+def test_job_overrides_win_over_the_recipe(photo_stack):
     client = photo_stack[0]
     job = run_job(client, "train", {"image_size": 48, "stem": "imagenet", "width": 8})
     assert job["state"] == "succeeded", job
     cfg = job["metrics"]["train_config"]
-    assert (cfg["image_size"], cfg["stem"], cfg["width"]) == (48, "imagenet", 8)  # the policy says cifar at 48
+    assert (cfg["image_size"], cfg["stem"], cfg["width"]) == (48, "imagenet", 8)  # the recipe says cifar at 48
 
 
-def test_cpu_budget_hook_takes_the_policy_for_photos_and_small_images(tmp_path):
-    from service.pipeline import training_config
+def test_cpu_budget_hook_takes_the_recipe_for_photos_and_small_images(tmp_path):
+    from service.jobs.pipeline import training_config
+    from trainer.recipe import CollectionFacts
 
     settings = Settings(_env_file=None, collection_root=tmp_path, artifacts_dir=tmp_path, cpu_train_minutes=4.0)
     timed = []
     rate = lambda cfg: timed.append((cfg.image_size, cfg.stem)) or 300.0  # noqa: E731
-    photo = training_config(settings, {}, 5000, cuda=False, short_side=300, rate=rate)
-    small = training_config(settings, {}, 5000, cuda=False, short_side=32, rate=rate)
+    photo = training_config(settings, {}, CollectionFacts(5000, 300), cuda=False, rate=rate)
+    small = training_config(settings, {}, CollectionFacts(5000, 32), cuda=False, rate=rate)
     assert (photo.image_size, photo.stem, photo.width) == (96, "imagenet", 16)
     assert (small.image_size, small.stem) == (32, "cifar")
     assert timed == [(96, "imagenet"), (32, "cifar")]  # each budget is timed at its own resolution
-    pinned = training_config(settings, {"epochs": 3, "image_size": 128}, 5000, cuda=False, short_side=300)
+    pinned = training_config(settings, {"epochs": 3, "image_size": 128}, CollectionFacts(5000, 300), cuda=False)
     assert (pinned.epochs, pinned.image_size) == (3, 128)
-    gpu = training_config(settings, {}, 5000, cuda=True, short_side=300)
+    gpu = training_config(settings, {}, CollectionFacts(5000, 300), cuda=True)
     assert (gpu.image_size, gpu.arch, gpu.width) == (224, "resnet50", 64)

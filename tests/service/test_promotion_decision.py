@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from service.promotion import decide
-from service.warmstart import JobRequest
+from service.jobs.promotion import decide
+from service.jobs.warmstart import JobRequest
 
 
 def q(top1: float) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.scores import ScoreScale
+from service.live.scores import ScoreScale
 
 
 def test_percentile_matches_brute_force_over_all_pairs():

@@ -18,13 +18,13 @@ from trainer.train import train
 
 def test_snapshot_is_the_state_at_save_time_and_the_file_is_written_off_the_caller_thread(tmp_path, monkeypatch):
     writers = []
-    real_write = trainer.checkpoint.write_atomically
+    real_write = trainer.checkpoint.atomic_write
 
-    def write_and_note_thread(blob, path):
+    def write_and_note_thread(path, data):
         writers.append(threading.current_thread())
-        real_write(blob, path)
+        real_write(path, data)
 
-    monkeypatch.setattr(trainer.checkpoint, "write_atomically", write_and_note_thread)
+    monkeypatch.setattr(trainer.checkpoint, "atomic_write", write_and_note_thread)
     weights = torch.arange(1000.0)
     state = {"learner": {"w": weights}, "optimizer": {"state": {0: {"momentum": weights * 2}}}, "epoch": 3}
     writer = CheckpointWriter(tmp_path / "checkpoint.pt")

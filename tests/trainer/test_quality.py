@@ -51,6 +51,7 @@ def test_sample_is_fixed_by_seed_and_key_names_gallery_and_sample():
     assert sample_key(paths, ids, 0) == sample_key(list(paths), ids.copy(), 0)
     assert sample_key(paths, ids, 0) != sample_key([*paths, "c/new.png"], ids, 0)
     assert sample_key(paths, ids, 0) != sample_key(paths, ids, 1)
+    assert sample_key(paths, ids, 0) != sample_key(paths, ids, 0, hflip=True)  # other views, other figures
 
 
 def test_measure_is_deterministic_and_rates_a_clean_identity_above_noise():

@@ -45,7 +45,7 @@ from trainer.objective import NPIDObjective  # noqa: E402
 from trainer.preprocess import Preprocess  # noqa: E402
 from trainer.train import Learner, train, train_step  # noqa: E402
 
-REFERENCE = "resnet18-w16"  # the jobs' old CPU default, whose rate service/jobs/pipeline.py records
+REFERENCE = "resnet18-w16"  # the jobs' old CPU default (before trainer/recipe.py:CPU_RECIPE)
 REFERENCE_IMAGES_PER_S = 250.0  # its images/s on one worker thread (docs/jobs-benchmark.md)
 BACKBONES = {"resnet18-w16": ("resnet18", 16), "resnet18-w8": ("resnet18", 8), "airnet-w32": ("airnet", 32),
              "airnet-w16": ("airnet", 16), "airnet-w64": ("airnet", 64)}

@@ -56,7 +56,7 @@ Semantics
 CLI: `npid index build|list|publish|rollback|search|stats` (index/cli.py).
 """
 
-from .artifact import ArtifactStore, Embed, LoadedVersion, VersionInfo, version_kind
+from .artifact import ArtifactStore, Embed, LoadedVersion, VersionInfo
 from .config import IndexConfig
 from .errors import (
     DamagedVersionError,
@@ -67,6 +67,7 @@ from .errors import (
     VersionConflictError,
     VersionNotFoundError,
 )
+from .manifest import ListedKind, OriginKind, VersionKind, version_kind
 from .metadata import ItemMeta, NewItem, display_path
 from .search import MAX_K, Hit, Searcher
 
@@ -90,4 +91,7 @@ __all__ = [
     "VersionNotFoundError",
     "display_path",
     "version_kind",
+    "ListedKind",
+    "OriginKind",
+    "VersionKind",
 ]

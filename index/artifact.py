@@ -53,7 +53,18 @@ from .errors import (
     VersionNotFoundError,
 )
 from .export import MODEL_FILES, read_export
-from .manifest import FORMAT, MANIFEST, digest_files, library_versions, read_manifest, seal, verify_files
+from .manifest import (
+    FORMAT,
+    MANIFEST,
+    ListedKind,
+    VersionKind,
+    digest_files,
+    library_versions,
+    read_manifest,
+    seal,
+    verify_files,
+    version_kind,
+)
 from .metadata import ItemMeta, Metadata, NewItem, describe_items, utc_now
 from .plan import choose_spec, estimate_bytes
 from .pointer import POINTER, Pointer, read_pointer, write_pointer
@@ -108,7 +119,7 @@ class VersionInfo:
     problem: str | None = None
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> ListedKind:
         return "damaged" if self.manifest is None else version_kind(self.manifest)
 
 
@@ -130,11 +141,6 @@ class State:
 # (model dir, items) -> (vectors MxD of the items it could embed, those items): how a rebase embeds the images
 # it carries onto another model (the index itself never embeds)
 Embed = Callable[[Path, list[ItemMeta]], tuple[np.ndarray, list[ItemMeta]]]
-
-
-def version_kind(manifest: dict) -> str:
-    """"model" for a version holding a (re)trained or re-indexed collection, "update" for add/remove/compact."""
-    return "model" if manifest["origin"]["kind"] == "build" else "update"
 
 
 def _counts(size: int, dim: int, next_id: int, labelled: int, delta: Delta) -> dict:
@@ -583,7 +589,7 @@ class ArtifactStore:
     def _prune(self, current: str) -> None:
         """Keep the newest `keep` model versions and, apart from them, the newest `keep` update versions (never
         the current one); delete the rest: rename away, then remove."""
-        by_kind: dict[str, list[str]] = {"model": [], "update": []}
+        by_kind: dict[VersionKind, list[str]] = {"model": [], "update": []}
         for info in self.list():
             by_kind["model" if info.kind == "model" else "update"].append(info.version)
         doomed = [v for versions in by_kind.values() for v in versions[: -self.keep] if v != current]

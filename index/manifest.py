@@ -11,15 +11,27 @@ import json
 import platform
 from importlib import metadata as importlib_metadata
 from pathlib import Path
+from typing import Literal
 
 from durable import sha256_file
 
 from .errors import DamagedVersionError
 
+# where a version came from (manifest "origin.kind"), and the kind of version that makes it (retention keeps
+# the newest `keep` of each kind apart); a version whose manifest fails its seal is listed as "damaged"
+OriginKind = Literal["build", "add", "remove", "compact"]
+VersionKind = Literal["model", "update"]
+ListedKind = Literal[VersionKind, "damaged"]
+
 MANIFEST = "manifest.json"
 FORMAT = 1
 SEAL = "manifest_sha256"
 LIBRARIES = ("numpy", "faiss-cpu", "faiss-gpu", "torch", "torchvision", "pillow")
+
+
+def version_kind(manifest: dict) -> VersionKind:
+    """"model" for a version holding a (re)trained or re-indexed collection, "update" for add/remove/compact."""
+    return "model" if manifest["origin"]["kind"] == "build" else "update"
 
 
 def library_versions() -> dict[str, str]:

@@ -13,16 +13,18 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 
 from .preprocess import is_small
 
 Objective = Literal["softmax", "nce", "infonce", "parametric"]
+SAMPLED_OBJECTIVES: tuple[Objective, ...] = ("nce", "infonce")  # those that draw m noise samples per positive
 Schedule = Literal["step", "cosine"]
 DataPath = Literal["auto", "device", "loader"]
 BankInit = Literal["random", "features"]
+Stem = Literal["cifar", "imagenet"]
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class TrainConfig:
     # --- model ---
     arch: str = "auto"  # any torchvision ResNet (resnet18, resnet50, ...); auto: recipe (CIFAR: resnet18)
     width: int = 0  # first-stage channels (64: torchvision's); 0: recipe (64), narrower for CPU budgets
-    stem: str = "auto"  # cifar (3x3, no pool) | imagenet (7x7/2 + pool) | auto: recipe (cifar up to 64 px)
+    stem: Literal[Stem, "auto"] = "auto"  # cifar (3x3, no pool) | imagenet (7x7/2 + pool) | auto: cifar up to 64 px
     dim: int = 128  # embedding size (paper: 128)
     init_model: str = ""  # model.pt to start from (warm start from a published version); "": random init
 
@@ -126,16 +128,12 @@ class TrainConfig:
             problems.append(f"bank_momentum must be in [0, 1) (got {self.bank_momentum})")
         if not 0.0 <= self.z_momentum < 1.0:
             problems.append(f"z_momentum must be in [0, 1) (got {self.z_momentum})")
-        if self.objective in ("nce", "infonce") and self.negatives < 1:
+        if self.objective in SAMPLED_OBJECTIVES and self.negatives < 1:
             problems.append(f"negatives must be >= 1 for {self.objective} (got {self.negatives})")
-        if self.objective not in ("softmax", "nce", "infonce", "parametric"):
-            problems.append(f"unknown objective {self.objective!r}")
-        if self.schedule not in ("step", "cosine"):
-            problems.append(f"unknown schedule {self.schedule!r}")
-        if self.bank_init not in ("random", "features"):
-            problems.append(f"unknown bank_init {self.bank_init!r}")
-        if self.data_path not in ("auto", "device", "loader"):
-            problems.append(f"unknown data_path {self.data_path!r}")
+        for name, vocabulary in (("objective", Objective), ("schedule", Schedule), ("bank_init", BankInit),
+                                 ("data_path", DataPath), ("stem", Literal[Stem, "auto"])):
+            if getattr(self, name) not in get_args(vocabulary):
+                problems.append(f"unknown {name} {getattr(self, name)!r}")
         for name in ("checkpoint_every", "knn_every"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
@@ -147,8 +145,6 @@ class TrainConfig:
         for name in ("image_size", "width"):  # 0: chosen by trainer/recipe.py
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 1, or 0 for the recipe's choice (got {getattr(self, name)})")
-        if self.stem not in ("auto", "cifar", "imagenet"):
-            problems.append(f"unknown stem {self.stem!r}")
         if self.lr <= 0:
             problems.append(f"lr must be > 0 (got {self.lr})")
         if self.proximal < 0:

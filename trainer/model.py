@@ -3,6 +3,8 @@ a linear head to d, L2-normalised."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -59,6 +61,9 @@ class _ScaledResNet(torchvision.models.ResNet):
 
 def conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
+
+
+Backbone = Literal["airnet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
 
 class AirNet(nn.Module):

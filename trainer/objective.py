@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from . import losses
 from .bank import MemoryBank
-from .config import TrainConfig
+from .config import SAMPLED_OBJECTIVES, TrainConfig
 
 
 class NPIDObjective(nn.Module):
@@ -34,7 +34,7 @@ class NPIDObjective(nn.Module):
 
     @property
     def needs_noise(self) -> bool:
-        return self.cfg.objective in ("nce", "infonce")
+        return self.cfg.objective in SAMPLED_OBJECTIVES
 
     def draw_noise(self, batch: int, g: torch.Generator, device) -> torch.Tensor:
         """Uniform noise ids (P_n = 1/n): batch x m, or m shared by the batch (cfg.shared_negatives).

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -62,11 +63,14 @@ class TrainingCancelled(RuntimeError):
     """`should_stop()` returned True; the state was checkpointed, nothing was exported."""
 
 
+TrainPhase = Literal["loading", "training", "embedding", "exporting"]  # in this order (service/jobs/vocabulary.py)
+
+
 @dataclass
 class Progress:
     """What a caller (CLI, background job) sees while training runs."""
 
-    phase: str  # loading | training | embedding | exporting
+    phase: TrainPhase
     epoch: int = 0
     epochs: int = 0
     step: int = 0

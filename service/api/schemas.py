@@ -6,6 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from index import ListedKind, OriginKind
+
+from ..live.version import LiveVersion
+
 
 class ErrorResponse(BaseModel):
     detail: str = Field(description="stable, human-readable reason")
@@ -78,9 +82,11 @@ class ImageDeleted(BaseModel):
 class VersionEntry(BaseModel):
     version: str
     current: bool
-    kind: Literal["model", "update", "damaged"] = Field(
-        description="model: a training or re-index (keep-N counts these); update: an add, delete or compaction")
-    origin: str | None = Field(description="build, add, remove or compact")
+    kind: ListedKind = Field(
+        description="model: a training or re-index (keep-N counts these); update: an add, delete or compaction; "
+                    "damaged: its manifest fails its checksum")
+    origin: OriginKind | None = Field(description="build (a training, re-index or carried rollback), add, remove "
+                                                  "or compact")
     model: str | None = Field(description="SHA-256 prefix of the version's model.pt")
     size: int | None = Field(description="images in the collection")
     created: str | None
@@ -106,3 +112,8 @@ class Ready(BaseModel):
     quality: dict | None = Field(None, description="label-free quality measured at publish (trainer/quality.py): "
                                                    "self_top1, self_top10, alignment, uniformity, sample_size")
     knn: dict | None = Field(None, description="leave-one-out kNN of the collection, when its folders are labels")
+
+    @classmethod
+    def of(cls, live: LiveVersion) -> Ready:
+        return cls(version=live.version, collection_size=live.size, dim=live.dim,
+                   loaded_at=live.loaded_at.isoformat(timespec="seconds"), quality=live.quality, knn=live.knn)

@@ -30,7 +30,7 @@ from ..live.collection import file_embedder
 from ..settings import Settings
 from .promotion import current_version, decide, export_quality, exported_collection, live_quality
 from .reporter import JobReporter, run_job
-from .runs import carry_from
+from .runs import carry_from, runs_dir
 from .store import Job, JobStore
 from .warmstart import JobRequest, extended_config, warm_start_config
 
@@ -101,7 +101,7 @@ def job_config(settings: Settings, job: Job, request: JobRequest, store: Artifac
                 ) -> tuple[Path, TrainConfig]:
     """(run folder, config) of a train job: a new run, the job's own run again (POST /jobs/<id>/resume after its
     worker died), or an earlier run continued to more epochs (`"extend": RUN`, the background trainer)."""
-    runs = settings.artifacts_dir / "runs"
+    runs = runs_dir(settings.artifacts_dir)
     if job.resume:  # the run's own recipe, so that its checkpoint matches
         return runs / job.id, TrainConfig.from_file(runs / job.id / "config.yaml")
     if request.extend:
@@ -161,7 +161,7 @@ def _reindex(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, 
     if reporter.should_stop():
         raise TrainingCancelled("cancelled before embedding")
     feats = embed_dataset(encoder, ds, pre, device, progress=False).cpu().numpy()
-    export = settings.artifacts_dir / "runs" / job.id / "export"
+    export = runs_dir(settings.artifacts_dir) / job.id / "export"
     metrics = {"images": len(ds), "skipped": len(skipped), "model_from": live.version}
     write_export(export, feats, ds, encoder, model_cfg, pre,
                  {"train_config": (live.manifest.get("training") or {}).get("config"), "metrics": metrics})

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from trainer.train import Progress, TrainingCancelled
 
 from .store import Job, JobStore, JobsUnavailable, LeaseLost
+from .vocabulary import Phase
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class JobReporter:
             raise LeaseLost(self.lost)
 
     # --- what the job body calls ------------------------------------------------------------------
-    def phase(self, name: str, **extra: Any) -> None:
+    def phase(self, name: Phase, **extra: Any) -> None:
         with self._lock:
             self.job.progress = {"phase": name, **extra}
         self._wake.set()  # written at once by the lease thread

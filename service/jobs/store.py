@@ -31,13 +31,12 @@ import secrets
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import redis
 
-State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-Kind = Literal["train", "index"]
-FINISHED = ("succeeded", "failed", "cancelled")
+from .vocabulary import FINISHED, JobKind, JobState
+
 RECORD_TTL_S = 7 * 24 * 3600
 QUEUED_LOCK_TTL_S = 24 * 3600  # a queued job with no worker is failed long before this (see `get`)
 PREFIX = "npid:"
@@ -118,8 +117,8 @@ class LeaseLost(RuntimeError):
 @dataclass
 class Job:
     id: str
-    kind: Kind
-    state: State = "queued"
+    kind: JobKind
+    state: JobState = "queued"
     params: dict[str, Any] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
     started: float | None = None
@@ -192,7 +191,7 @@ class JobStore:
         return int(self._call(self.r.zcount, WORKERS, now, "+inf"))
 
     # --- API side -------------------------------------------------------------------------------
-    def create(self, kind: Kind, params: dict[str, Any]) -> Job:
+    def create(self, kind: JobKind, params: dict[str, Any]) -> Job:
         """A new queued job holding the lock, written in one step; JobConflict when another job holds it."""
         job = Job(id=uuid.uuid4().hex[:12], kind=kind, params=params)
         holder = self._call(self._create, keys=[LOCK, HISTORY],
@@ -295,7 +294,7 @@ class JobStore:
     def cancelled(self, job: Job) -> bool:
         return self._finish(job, "cancelled", error="cancelled while running; nothing was published")
 
-    def _finish(self, job: Job, state: State, error: str | None = None, owner: str | None = None) -> bool:
+    def _finish(self, job: Job, state: JobState, error: str | None = None, owner: str | None = None) -> bool:
         """Write the final record, freeing the lock if this job holds it. Written only by the lock's holder, or,
         once the lock is gone, while the record still shows this job queued or running in the attempt it was
         read in. False when someone else got there first: the record is left as they wrote it, `job` unchanged."""

@@ -18,9 +18,10 @@ import httpx
 
 from trainer.config import TrainConfig
 
+from ..jobs.vocabulary import FINISHED
+
 FULL_EPOCHS = TrainConfig().epochs  # the paper's recipe: 200
 POLL_S = 2.0
-FINISHED = ("succeeded", "failed", "cancelled")
 
 
 def next_epochs(done: int, full: int = FULL_EPOCHS) -> int:

@@ -8,6 +8,7 @@ import time
 import httpx
 from tqdm import tqdm
 
+from ..jobs.vocabulary import FINISHED
 from .supervise import Child
 
 
@@ -42,7 +43,7 @@ def follow_job(base: str, headers: dict, job_id: str, children: list[Child]) -> 
         bar.set_description_str(f"first version: {prog.get('phase', job['state'])}")
         bar.set_postfix({k: round(prog[k], 3) for k in ("loss", "images_per_s", "knn_top1") if prog.get(k)})
         bar.refresh()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
+        if job["state"] in FINISHED:
             bar.n = bar.total if job["state"] == "succeeded" else bar.n
             bar.close()
             return job

@@ -16,9 +16,14 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from kombu.exceptions import OperationalError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from trainer.config import Objective, Stem
+from trainer.model import Backbone
+
 from ...jobs.queue import INDEX_TASK, TRAIN_TASK, send
 from ...jobs.runs import checkpoint_of
 from ...jobs.store import Job, JobConflict, JobStore, JobsUnavailable, NoWorker
+from ...jobs.vocabulary import PHASES, JobKind, JobState
+from ...jobs.warmstart import Init, PublishMode
 from ..auth import READ, ReadAccess, WriteAccess, has_valid_key
 from ..deps import JobsDep, QueueDep, SettingsDep
 from ..errors import JobNotFound, without_paths
@@ -37,17 +42,17 @@ class TrainOverrides(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     epochs: int | None = Field(None, ge=1, le=1000)
-    backbone: Literal["airnet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] | None = None
-    objective: Literal["softmax", "nce", "infonce", "parametric"] | None = None
+    backbone: Backbone | None = None
+    objective: Objective | None = None
     temperature: float | None = Field(None, gt=0, le=10)
     negatives: int | None = Field(None, ge=1, le=65536)
     batch_size: int | None = Field(None, ge=2, le=4096)
     image_size: int | None = Field(None, ge=8, le=512)  # px; default: trainer/recipe.py, from the collection
     width: int | None = Field(None, ge=4, le=256)  # first-stage channels of the ResNet
-    stem: Literal["cifar", "imagenet"] | None = None  # default: cifar up to 64 px (trainer/recipe.py)
-    init: Literal["scratch", "live"] | None = Field(
+    stem: Stem | None = None  # default: cifar up to 64 px (trainer/recipe.py)
+    init: Init | None = Field(
         None, description="live: fine-tune the live model, its embeddings filling the memory bank (warm start)")
-    publish: Literal["if_better", "always"] | None = Field(
+    publish: PublishMode | None = Field(
         None, description="if_better (default): publish only if the label-free quality is not below the live "
                           "version's; always: publish regardless")
     extend: str | None = Field(None, pattern=r"^[0-9a-f]{12}$",
@@ -78,15 +83,17 @@ class JobConflictResponse(ErrorResponse):
 
 class JobOut(BaseModel):
     id: str
-    kind: Literal["train", "index"]
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    kind: JobKind
+    state: JobState
     params: dict[str, Any]
     created: datetime
     started: datetime | None
     finished: datetime | None
     attempt: int = Field(description="attempts started (more than 1 after a resume)")
-    progress: dict[str, Any] = Field(description="phase (loading, training, embedding, indexing, publishing), "
-                                                 "epoch, step, loss, knn_top1, images_per_s, eta_s")
+    progress: dict[str, Any] = Field(description="phase (see phase_description), epoch, epochs, step, steps, loss, "
+                                                 "knn_top1, images_per_s, eta_s")
+    phase_description: str | None = Field(description="what the job is doing in its current phase; phases: " +
+                                          "; ".join(f"{p}: {d}" for p, d in PHASES.items()))
     version: str | None = Field(description="the version this job built: published unless metrics.published is "
                                             "false (the promotion gate kept it back)")
     metrics: dict[str, Any] = Field(description="results; the training config only for callers with the key")
@@ -101,7 +108,8 @@ class JobOut(BaseModel):
         metrics = job.metrics if full else {k: v for k, v in job.metrics.items() if k != "train_config"}
         return cls(id=job.id, kind=job.kind, state=job.state, params=job.params, created=ts(job.created),
                    started=ts(job.started), finished=ts(job.finished), attempt=job.attempt, progress=job.progress,
-                   version=job.version, metrics=metrics, error=None if job.error is None else without_paths(job.error))
+                   version=job.version, metrics=metrics, error=None if job.error is None else without_paths(job.error),
+                   phase_description=PHASES.get(job.progress.get("phase")) if job.state == "running" else None)
 
 
 def _queue(queue: Celery, jobs: JobStore, job: Job) -> Response:
@@ -116,7 +124,7 @@ def _queue(queue: Celery, jobs: JobStore, job: Job) -> Response:
                     media_type="application/json", headers={"Location": f"/jobs/{job.id}"})
 
 
-def _submit(queue: Celery, jobs: JobStore, kind: Literal["train", "index"], params: dict) -> Response:
+def _submit(queue: Celery, jobs: JobStore, kind: JobKind, params: dict) -> Response:
     if not jobs.workers_alive():
         raise NoWorker()
     return _queue(queue, jobs, jobs.create(kind, params))

@@ -22,8 +22,7 @@ async def health() -> Health:
 @router.get("/ready", response_model=Ready, responses=UNAVAILABLE)
 async def ready(live: LiveDep) -> Ready:
     """A version is loaded and searchable."""
-    return Ready(version=live.version, collection_size=live.size, dim=live.dim,
-                 loaded_at=live.loaded_at.isoformat(timespec="seconds"), quality=live.quality, knn=live.knn)
+    return Ready.of(live)
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})

@@ -55,5 +55,4 @@ async def publish_version(version: VersionName, engine: EngineDep, writes: Write
         raise HTTPException(404, f"no version {version} in the store")
     embed = collection.file_embedder(settings.collection_root, engine.device)
     live = await run_in_threadpool(writes.rollback, version, embed)  # IndexStoreError, VersionRefused: errors.py
-    return Ready(version=live.version, collection_size=live.size, dim=live.dim,
-                 loaded_at=live.loaded_at.isoformat(), quality=live.quality, knn=live.knn)
+    return Ready.of(live)

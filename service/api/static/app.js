@@ -50,10 +50,10 @@ async function trainingText() {
     const response = await fetch("/jobs?limit=1");
     if (!response.ok) return "";
     const [job] = await response.json();
-    if (!job || job.state !== "running") return "";
+    if (!job || !job.phase_description) return ""; // described only while the job runs
     const p = job.progress || {};
     const epochs = p.epochs ? ` epoch ${p.epoch}/${p.epochs}` : "";
-    return ` · training in the background (${p.phase || "running"}${epochs})`;
+    return ` · training in the background (${p.phase}${epochs}: ${job.phase_description})`;
   } catch {
     return "";
   }

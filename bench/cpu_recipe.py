@@ -43,7 +43,8 @@ from trainer.knn import knn_accuracy  # noqa: E402
 from trainer.model import build_encoder  # noqa: E402
 from trainer.objective import NPIDObjective  # noqa: E402
 from trainer.preprocess import Preprocess  # noqa: E402
-from trainer.train import Learner, train, train_step  # noqa: E402
+from trainer.step import Learner, train_step  # noqa: E402
+from trainer.train import train  # noqa: E402
 
 REFERENCE = "resnet18-w16"  # the jobs' old CPU default (before trainer/recipe.py:CPU_RECIPE)
 REFERENCE_IMAGES_PER_S = 250.0  # its images/s on one worker thread (docs/jobs-benchmark.md)

@@ -42,7 +42,7 @@ from trainer.feed import DeviceFeed, LoaderFeed  # noqa: E402
 from trainer.model import build_encoder  # noqa: E402
 from trainer.objective import NPIDObjective  # noqa: E402
 from trainer.preprocess import Preprocess  # noqa: E402
-from trainer.train import Learner, step_noise, train_step  # noqa: E402
+from trainer.step import Learner, step_noise, train_step  # noqa: E402
 
 SMALL_PHOTOS = (150, 420)  # the folder: web-size photos (tests/photos.py's default)
 

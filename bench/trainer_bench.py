@@ -41,7 +41,8 @@ from trainer.knn import knn_accuracy  # noqa: E402
 from trainer.model import build_encoder  # noqa: E402
 from trainer.objective import NPIDObjective  # noqa: E402
 from trainer.preprocess import Preprocess  # noqa: E402
-from trainer.train import Learner, step_noise, train, train_step  # noqa: E402
+from trainer.step import Learner, step_noise, train_step  # noqa: E402
+from trainer.train import train  # noqa: E402
 
 
 def machine() -> str:

@@ -20,7 +20,7 @@ from trainer.feed import DeviceFeed
 from trainer.model import Encoder
 from trainer.objective import NPIDObjective
 from trainer.preprocess import Preprocess
-from trainer.train import Learner, step_noise, train_step
+from trainer.step import Learner, step_noise, train_step
 
 N, SIZE, BATCH = 64, 8, 16
 

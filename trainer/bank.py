@@ -21,9 +21,6 @@ class MemoryBank(nn.Module):
     def n(self) -> int:
         return self.vectors.shape[0]
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.vectors[idx]
-
     @torch.no_grad()
     def update(self, idx: torch.Tensor, features: torch.Tensor) -> None:
         """v_i <- normalize(m v_i + (1 - m) f_i) for the batch's rows (distinct ids).  idx: B, features: B x D."""

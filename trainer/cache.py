@@ -34,6 +34,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from durable import atomic_write
+
 from .data import ArrayImages, Collection, scan_folder, to_rgb
 from .preprocess import Preprocess
 
@@ -181,9 +183,7 @@ class ImageCache:
                          "image_size": self.pre.image_size, "squash": self.pre.squash, "data": data_name,
                          "entries": {p: stamps[p] for p in kept},
                          "bad": {p: [*stamps[p], reason] for p, reason in skipped.items()}}
-            tmp = self.dir / f".index.{secrets.token_hex(4)}.json"
-            tmp.write_text(json.dumps(new_index))
-            os.replace(tmp, self.dir / "index.json")
+            atomic_write(self.dir / "index.json", json.dumps(new_index).encode())
             for stale in self.dir.glob("images-*.u8"):
                 if stale.name != data_name:
                     stale.unlink()

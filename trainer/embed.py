@@ -24,6 +24,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from durable import fsync_tree
+
 from .data import ArrayImages, ImageFolder
 from .model import Encoder, build_encoder
 from .preprocess import Preprocess
@@ -125,9 +127,7 @@ def write_export(directory: str | Path, embeddings: np.ndarray, ds: ImageFolder 
                 "skipped_reasons": dict(ds.skipped),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
         (tmp / "export.json").write_text(json.dumps(meta, indent=2))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        fsync_tree(tmp)
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)

@@ -19,12 +19,6 @@ def _no_autocast(t: torch.Tensor):
     return torch.autocast(t.device.type, enabled=False)
 
 
-def softmax_logits(f: torch.Tensor, bank: torch.Tensor, tau: float) -> torch.Tensor:
-    """f: BxD, bank: NxD -> logits: BxN  (v_j . f / tau)."""
-    with _no_autocast(f):
-        return (f.float() * (1.0 / tau)) @ bank.float().t()  # B x N
-
-
 def full_softmax_loss(f: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, tau: float) -> torch.Tensor:
     """Exact non-parametric softmax (Eq. 2): -log exp(v_i.f/tau) / sum_j exp(v_j.f/tau), mean over B.
 

@@ -30,6 +30,7 @@ from PIL import Image
 from .config import TrainConfig
 from .data import ArrayImages, open_dataset, scan_folder
 from .preprocess import SMALL_IMAGE_MAX, is_small
+from .speed import training_rate
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +133,7 @@ def plan(explicit: dict[str, Any], collection: CollectionFacts, cuda: bool,
 def fit_cpu_budget(cfg: TrainConfig, minutes: float, n_images: int, rate: Rate | None = None) -> TrainConfig:
     """cfg with the epochs that `minutes` of training buy at `rate` (1 to MAX_CPU_EPOCHS), the reason recorded.
     Default rate: trainer/speed.py times a few real steps of this very config here, with the caller's threads."""
-    if rate is None:
-        from .speed import training_rate  # speed builds a model and a feed: imported only when timing
-
-        # timing takes about 1% of a 4-minute budget, at most 2% of a short one
+    if rate is None:  # timing takes about 1% of a 4-minute budget, at most 2% of a short one
         images_per_s = training_rate(cfg, n_images, torch.device("cpu"), seconds=min(3.0, minutes * 60 / 50))
     else:
         images_per_s = rate(cfg)

@@ -19,7 +19,7 @@ from .feed import DeviceFeed
 from .model import build_encoder
 from .objective import NPIDObjective
 from .preprocess import Preprocess
-from .train import Learner, step_noise, train_step
+from .step import Learner, step_noise, train_step
 
 
 def training_rate(cfg: TrainConfig, n_images: int, device: torch.device, seconds: float = 2.0,

@@ -2,13 +2,14 @@
 lost its lease, atomic create, "no worker", history trimming, resume."""
 
 import shutil
+import threading
 import time
 
 import pytest
 import redis
 from processes import RedisServer
 
-from service.jobs.reporter import JobReporter, run_job
+from service.jobs.reporter import JobReporter, JobTimeLimit, run_job
 from service.jobs.runs import clean_runs
 from service.jobs.store import LOCK, NO_WORKER, PREFIX, JobConflict, JobStore, LeaseLost
 
@@ -123,16 +124,34 @@ def test_resume_requeues_a_failed_training_job_under_a_new_lease(store):
 
 def test_a_job_past_its_time_limit_stops_and_fails(store):
     job = store.start(store.create("train", {}).id)
+    reporters, polls = [], []  # polls: (monotonic times the should_stop call began and ended, its answer)
 
     def body(reporter):
-        while not reporter.should_stop():  # raises JobTimeLimit
+        reporters.append(reporter)
+        while True:
+            began = time.monotonic()
+            try:
+                stop = reporter.should_stop()  # raises JobTimeLimit
+            except JobTimeLimit:
+                polls.append((began, time.monotonic(), "time limit"))
+                raise
+            polls.append((began, time.monotonic(), stop))
+            if stop:
+                return "v", {}
             time.sleep(0.02)
-        return "v", {}
 
-    started = time.monotonic()
-    run_job(store, job, body, time_limit_s=0.3)
+    runner = threading.Thread(target=run_job, args=(store, job, body), kwargs={"time_limit_s": 0.3}, daemon=True)
+    runner.start()
+    runner.join(60)  # a guard against a hang only: the limit must end the job without anyone's help
+    assert not runner.is_alive(), "the job went on past its time limit"
     record = store.get(job.id)
-    assert 0.3 <= time.monotonic() - started < 2
+    (reporter,) = reporters
+    *going_on, (_, stopped_at, last_answer) = polls
+    assert last_answer == "time limit"  # the body was stopped by the limit, not by a cancel or its own return
+    assert stopped_at > reporter.deadline  # ... and only once the limit had passed, never early
+    # every poll before it let the body go on and began no later than the deadline: since a poll past the
+    # deadline raises, the body stopped at its first poll after the limit, not some polls later
+    assert all(answer is False and began <= reporter.deadline for began, _, answer in going_on)
     assert record.state == "failed" and "time limit" in record.error and record.version is None
     assert store.r.get(LOCK) is None
 

@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent("""
     from trainer.distributed import Dist
     from trainer.model import build_encoder
     from trainer.objective import NPIDObjective
-    from trainer.train import Learner, train_step
+    from trainer.step import Learner, train_step
 
     cfg = TrainConfig(arch="resnet18", width=4, dim=8, objective="softmax", batch_size=4, image_size=96)
     learner = Learner(build_encoder("resnet18", 8, 96, 4, "imagenet"), NPIDObjective(cfg, 16))

@@ -61,12 +61,14 @@ def cpu_snapshot(obj: Any) -> Any:
 
 
 def checkpoint_state(*, learner: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int,
-                     epoch_progress: dict, config: dict, history: list[dict], version: str) -> dict:
+                     epoch_progress: dict, config: dict, history: list[dict], version: str,
+                     train_seconds: float = 0.0) -> dict:
     """The checkpoint dict. epoch: completed epochs; step: steps done in epoch + 1 (0 at an epoch boundary);
-    epoch_progress: the partial epoch's running sums, to finish it exactly after a resume."""
+    epoch_progress: the partial epoch's running sums, to finish it exactly after a resume; train_seconds: the
+    training phase's wall-clock time so far (a time budget goes on from there)."""
     return {"learner": learner.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
             "epoch_progress": epoch_progress, "rng": rng_state(), "config": config, "history": list(history),
-            "code_version": version}
+            "code_version": version, "train_seconds": train_seconds}
 
 
 class CheckpointWriter:

@@ -55,7 +55,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if not cfg.data:
         raise ValueError("give an image folder or cifar10:<dir> to train on")
     cuda = local_device(cfg.device).type == "cuda"
-    return recipe.decide(explicit, recipe.collection_of(cfg.data, cfg.limit), cuda, args.recipe, args.minutes)
+    return recipe.decide(explicit, recipe.collection_of(cfg.data, cfg.limit), cuda, args.recipe)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,9 +77,7 @@ def register(sub) -> None:
     p.add_argument("--config", help="YAML or JSON file of TrainConfig fields (flags override it)")
     p.add_argument("--recipe", choices=recipe.RECIPES, default="machine",
                    help="machine (default, as the service's jobs train): the paper's recipe on a GPU, the measured "
-                        "CPU recipe on a CPU for --minutes; paper: the paper's recipe anywhere (trainer/recipe.py)")
-    p.add_argument("--minutes", type=float, default=recipe.CPU_TRAIN_MINUTES,
-                   help="machine recipe on a CPU: train the epochs that this many minutes buy here (timed first); "
-                        "--epochs wins")
+                        f"CPU recipe on a CPU for --minutes (default {recipe.CPU_TRAIN_MINUTES:g}); paper: the paper's "
+                        "recipe anywhere (trainer/recipe.py)")
     add_config_flags(p)
     p.set_defaults(func=run)

@@ -63,6 +63,9 @@ class AugmentConfig:
         return max(0.0, 1.0 - s), 1.0 + s
 
 
+PAPER_EPOCHS = 200
+
+
 @dataclass
 class TrainConfig:
     # --- data ---
@@ -95,7 +98,10 @@ class TrainConfig:
     proximal: float = 0.0  # lambda of Eq. 9 (paper: 30 in its proximal experiments; 0 = off)
 
     # --- optimisation ---
-    epochs: int = 200
+    epochs: int = 200  # with `minutes`: a cap (0: none); without: the run's length
+    minutes: float = 0.0  # wall-clock budget of the training phase (0: none). With one, the schedule follows the
+    #   fraction of it spent (budgeted training), and training stops at a step boundary when it runs out. Not in the
+    #   paper (a fixed epoch count)
     batch_size: int = 128
     lr: float = 0.03
     momentum: float = 0.9
@@ -108,8 +114,9 @@ class TrainConfig:
     # --- run ---
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
+    amp: bool = True  # bf16 autocast of the encoder on CUDA and on CPUs with native bf16 (losses stay fp32)
     compile: bool = False  # torch.compile the encoder
+    adapt_threads: bool = True  # CPU: fewer training threads while another process takes a core (trainer/threads.py)
     out: str = "runs/npid"
     knn_k: tuple[int, ...] = (200,)  # k values of the weighted kNN monitor (paper: 200)
     knn_every: int = 1  # epochs between kNN monitors (0: only at the end)
@@ -139,9 +146,13 @@ class TrainConfig:
                 problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
         if self.log_every < 1:
             problems.append(f"log_every must be >= 1 (got {self.log_every})")
-        for name in ("epochs", "batch_size", "dim"):
+        for name in ("batch_size", "dim"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.minutes < 0:
+            problems.append(f"minutes must be >= 0 (got {self.minutes})")
+        if self.epochs < (0 if self.minutes > 0 else 1):
+            problems.append(f"epochs must be >= 1, or 0 (no cap) with a time budget (got {self.epochs})")
         for name in ("image_size", "width"):  # 0: chosen by trainer/recipe.py
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 1, or 0 for the recipe's choice (got {getattr(self, name)})")
@@ -151,6 +162,17 @@ class TrainConfig:
             problems.append(f"proximal must be >= 0 (got {self.proximal})")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
+
+    @property
+    def budget_s(self) -> float | None:
+        """The training phase's wall-clock budget in seconds, or None."""
+        return self.minutes * 60 if self.minutes > 0 else None
+
+    @property
+    def schedule_epochs(self) -> int:
+        """The epochs the schedule's milestones and warm-up are counted in: `epochs`, or the paper's 200 for a
+        time budget without an epoch cap (its milestones then fall at 60% and 80% of the budget)."""
+        return self.epochs or PAPER_EPOCHS
 
     @property
     def small_images(self) -> bool:

@@ -60,3 +60,12 @@ def mean_over_ranks(t: torch.Tensor, d: Dist) -> torch.Tensor:
     t = t.detach().clone()
     dist.all_reduce(t)
     return t / d.world
+
+
+def from_rank0(value: float, d: Dist) -> float:
+    """Rank 0's value on every rank (a decision all ranks must take alike, e.g. from rank 0's clock)."""
+    if not d.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.broadcast(t, src=0)
+    return float(t.item())

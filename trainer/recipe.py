@@ -7,9 +7,9 @@ export.json, the version's manifest) and the recipe's name with them (`extra.rec
 
 Two recipes, the same for `npid train`, a training job and the `npid up` banner:
 - "machine" (the default everywhere): on a GPU the paper's recipe; on a CPU the CPU recipe measured in
-  docs/cpu-recipe.md (CPU_RECIPE, CPU_PHOTO_RECIPE for photos), trained for the epochs that the CPU budget
-  (minutes) buys at the rate this machine is timed at. Collections up to SOFTMAX_MAX_IMAGES use the exact
-  softmax (tau 0.1: Table 1's best row, and stable on small collections where NCE's fixed Z is not).
+  docs/cpu-recipe.md (CPU_RECIPE, CPU_PHOTO_RECIPE for photos), trained for a wall-clock budget (the CPU budget,
+  minutes: a deadline, trainer/budget.py; as many epochs as it buys). Collections up to SOFTMAX_MAX_IMAGES use
+  the exact softmax (tau 0.1: Table 1's best row, and stable on small collections where NCE's fixed Z is not).
 - "paper": TrainConfig's defaults (the authors' CIFAR code) on any hardware: `npid train --recipe paper`, the
   Table 1 reproduction (bench/reproduce_table1.py).
 Both then fill the fields left at "auto" (`resolve`): resolution, architecture, width, stem, flip, weight decay.
@@ -19,18 +19,16 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from PIL import Image
 
 from .config import TrainConfig
 from .data import ArrayImages, open_dataset, scan_folder
 from .preprocess import SMALL_IMAGE_MAX, is_small
-from .speed import training_rate
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +60,6 @@ CPU_RECIPE: dict[str, Any] = {"arch": "airnet", "width": 16, "bank_init": "featu
 # with the bank fill, batch and schedule of the CPU recipe.
 CPU_PHOTO_RECIPE: dict[str, Any] = {**CPU_RECIPE, "arch": "resnet18", "width": 16}
 CPU_TRAIN_MINUTES = 4.0  # the CPU budget when none is given (NPID_CPU_TRAIN_MINUTES, `npid train --minutes`)
-MAX_CPU_EPOCHS = 50
-
-Rate = Callable[[TrainConfig], float]  # training images/s of a config on this machine
 
 
 @dataclass(frozen=True)
@@ -103,17 +98,29 @@ def collection_of(data: str, limit: int = 0) -> CollectionFacts:
 
 
 def decide(explicit: dict[str, Any], collection: CollectionFacts, cuda: bool, recipe: RecipeName = "machine",
-           minutes: float = CPU_TRAIN_MINUTES, rate: Rate | None = None) -> TrainConfig:
-    """The run's TrainConfig: `plan`, then (machine recipe, CPU, epochs not given) the epochs `minutes` buy."""
+           minutes: float = CPU_TRAIN_MINUTES) -> TrainConfig:
+    """The run's TrainConfig: `plan`, then, for the machine recipe on a CPU, a time budget of `minutes` (a
+    deadline: trainer/budget.py) unless one is given; an explicit `epochs` caps a budget, else none does."""
     cfg = plan(explicit, collection, cuda, recipe)
-    if recipe == "machine" and not cuda and "epochs" not in explicit:
-        cfg = fit_cpu_budget(cfg, minutes, collection.images, rate)
+    if recipe == "machine" and not cuda and "minutes" not in explicit:
+        return with_budget(cfg, minutes, "the CPU budget (NPID_CPU_TRAIN_MINUTES, npid train --minutes)",
+                           capped="epochs" in explicit)
+    if cfg.minutes > 0:
+        return with_budget(cfg, cfg.minutes, "asked for", capped="epochs" in explicit)
     return cfg
+
+
+def with_budget(cfg: TrainConfig, minutes: float, why: str, capped: bool) -> TrainConfig:
+    """cfg trained for `minutes` of wall clock; its epochs cap the run only when they were given (`capped`)."""
+    reasons = {**cfg.extra.get("policy", {}),
+               "minutes": f"{minutes:g}: {why}; the learning-rate schedule follows the share of it spent",
+               "epochs": f"{cfg.epochs}: given, a cap" if capped else "as many as the time budget buys (no cap)"}
+    return cfg.replace(minutes=minutes, epochs=cfg.epochs if capped else 0, extra={**cfg.extra, "policy": reasons})
 
 
 def plan(explicit: dict[str, Any], collection: CollectionFacts, cuda: bool,
          recipe: RecipeName = "machine") -> TrainConfig:
-    """The recipe's fields, then the explicit ones, then every "auto" field resolved; CPU epochs not yet sized."""
+    """The recipe's fields, then the explicit ones, then every "auto" field resolved; no time budget yet."""
     chosen: dict[str, Any] = {}
     name = "paper"
     if recipe == "machine":
@@ -127,21 +134,28 @@ def plan(explicit: dict[str, Any], collection: CollectionFacts, cuda: bool,
     merged = {**TrainConfig().to_dict(), **chosen, **explicit}
     merged["negatives"] = max(1, min(merged["negatives"], collection.images - 1))
     merged["extra"] = {**merged.get("extra", {}), "recipe": name}
-    return resolve(TrainConfig.from_dict(merged), collection.short_side, cuda)
+    return within_reach(resolve(TrainConfig.from_dict(merged), collection.short_side, cuda), collection)
 
 
-def fit_cpu_budget(cfg: TrainConfig, minutes: float, n_images: int, rate: Rate | None = None) -> TrainConfig:
-    """cfg with the epochs that `minutes` of training buy at `rate` (1 to MAX_CPU_EPOCHS), the reason recorded.
-    Default rate: trainer/speed.py times a few real steps of this very config here, with the caller's threads."""
-    if rate is None:  # timing takes about 1% of a 4-minute budget, at most 2% of a short one
-        images_per_s = training_rate(cfg, n_images, torch.device("cpu"), seconds=min(3.0, minutes * 60 / 50))
-    else:
-        images_per_s = rate(cfg)
-    epochs = max(1, min(int(minutes * 60 * images_per_s / max(n_images, 1)), MAX_CPU_EPOCHS))
-    reason = (f"{epochs}: {minutes:g} min of training at {images_per_s:.0f} images/s (measured here, "
-              f"{torch.get_num_threads()} threads), at most {MAX_CPU_EPOCHS}")
-    reasons = {**cfg.extra.get("policy", {}), "epochs": reason}
-    return cfg.replace(epochs=epochs, extra={**cfg.extra, "policy": reasons})
+def within_reach(cfg: TrainConfig, collection: CollectionFacts) -> TrainConfig:
+    """cfg with what cannot run well on this collection brought within reach, the reason recorded: a batch larger
+    than the collection (no step could be taken), and a resolution far above the images' own with the small-image
+    stem (full-resolution feature maps: the memory and time of a photo network, for upscaled pixels)."""
+    changes, reasons = {}, {}
+    if cfg.batch_size > collection.images:
+        changes["batch_size"] = collection.images
+        reasons["batch_size"] = f"{collection.images}: at most the collection's {collection.images} images " \
+                                f"(asked {cfg.batch_size})"
+    side = collection.short_side
+    if side is not None and cfg.stem == "cifar" and cfg.image_size > max(2 * side, SMALL_IMAGE_MAX):
+        changes["image_size"] = max(native_size(side), min(cfg.image_size, SMALL_IMAGE_MAX))
+        reasons["image_size"] = (f"{changes['image_size']}: the small-image stem keeps full resolution; "
+                                 f"{cfg.image_size} px is far above the images' own {side} px (asked {cfg.image_size})")
+    if not changes:
+        return cfg
+    for name, reason in reasons.items():
+        log.warning("recipe: %s = %s", name, reason)
+    return cfg.replace(**changes, extra={**cfg.extra, "policy": {**cfg.extra.get("policy", {}), **reasons}})
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
-"""How fast this machine trains a config: the images/s that size a CPU budget, measured where the job runs.
+"""How fast this machine trains a config: the images/s of a few real training steps, measured where it runs.
 
-A rate recorded on one machine is wrong on every other (a laptop, a loaded VM, another thread count), so a
-job that trains "for about 4 minutes" times a few real training steps of its own config first.
+A rate recorded on one machine is wrong on every other (a laptop, a loaded VM, another thread count), so the
+benchmarks that compare configs (bench/cpu_recipe.py, bench/flops.py) time them side by side here. Jobs do not
+time themselves: a time budget is a deadline (trainer/budget.py).
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from . import recipe
+from .budget import Budget
 from .cache import CacheUnavailable, cached_folder
 from .checkpoint import CheckpointWriter, checkpoint_state, code_version, read_checkpoint, restore
 from .config import TrainConfig
@@ -49,9 +50,10 @@ from .model import Encoder, build_encoder
 from .objective import NPIDObjective
 from .plots import plot_curves
 from .preprocess import Preprocess
-from .schedule import lr_at
+from .schedule import lr_at, lr_at_fraction
 from .start import features_of_collection, load_initial_weights
 from .step import Learner, step_noise, train_step
+from .threads import ThreadTuner
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +85,9 @@ class Progress:
     epoch_done: bool = False  # True on the one report at the end of each epoch (loss: the epoch's mean)
 
 
-# fields that may change between an interrupted run and its resumption
-RESUMABLE_CHANGES = {"epochs", "device", "progress", "knn_every", "knn_k", "eval_data", "workers", "compile",
-                     "out", "extra", "checkpoint_every", "log_every"}
+# fields that may change between an interrupted run and its resumption (or its extension to a longer budget)
+RESUMABLE_CHANGES = {"epochs", "minutes", "adapt_threads", "device", "progress", "knn_every", "knn_k", "eval_data",
+                     "workers", "compile", "out", "extra", "checkpoint_every", "log_every"}
 
 
 def check_same_run(saved: dict, cfg: TrainConfig, ckpt: Path) -> None:
@@ -178,13 +180,16 @@ class Run:
     history: list[dict]
     start_epoch: int = 0
     resumed: EpochProgress | None = None  # the partial epoch a checkpoint cut, if any
+    spent_s: float = 0.0  # wall-clock time of the training phase before this process (a resumed run)
+    budget: Budget | None = None  # set when the training phase starts
+    tuner: ThreadTuner | None = None  # CPU runs with adapt_threads
 
     @property
     def objective(self) -> NPIDObjective:
         return self.learner.objective
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
 
     def save_checkpoint(self, epoch: int, progress: EpochProgress | None = None) -> None:
         """Queue a checkpoint (rank 0): `epoch` completed epochs plus `progress` into the next one."""
@@ -193,7 +198,13 @@ class Run:
         self.checkpoints.save(checkpoint_state(
             learner=self.learner, optimizer=self.optimizer, epoch=epoch, step=progress.step if progress else 0,
             epoch_progress=progress.to_dict() if progress else {}, config=self.cfg.to_dict(), history=self.history,
-            version=self.version))
+            version=self.version, train_seconds=self.budget.elapsed() if self.budget else self.spent_s))
+
+
+def native_bf16_cpu() -> bool:
+    """A CPU with bf16 arithmetic (AVX512-BF16 or AMX): autocast then pays (docs/cpu-recipe.md); elsewhere bf16 is
+    emulated and slower than fp32."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def prepare(cfg: TrainConfig, device: torch.device, d: Dist, resume: bool, show: bool) -> Run:
@@ -215,7 +226,7 @@ def prepare(cfg: TrainConfig, device: torch.device, d: Dist, resume: bool, show:
     objective = NPIDObjective(cfg, len(ds), torch.Generator().manual_seed(mix_seed(cfg.seed, 7)))
     objective.reduce_mean = lambda t: mean_over_ranks(t, d)
     learner = Learner(encoder, objective).to(device)
-    amp = cfg.amp and device.type == "cuda"
+    amp = cfg.amp and (device.type == "cuda" or native_bf16_cpu())
     if device.type == "cuda":  # cuDNN's fastest conv layout. Not on the CPU: there, oneDNN's channels_last convs
         # hang once torch's thread count changes in the process (tests/trainer/test_threads.py), as a job worker's does
         learner = learner.to(memory_format=torch.channels_last)
@@ -243,6 +254,7 @@ def resume_from_checkpoint(run: Run) -> None:
     check_same_run(blob["config"], run.cfg, path)
     restore(blob, learner=run.learner, optimizer=run.optimizer)
     run.start_epoch, run.history = blob["epoch"], blob["history"]
+    run.spent_s = blob.get("train_seconds", sum(r["epoch_s"] for r in run.history))
     cut = blob.get("epoch_progress") or {}
     if blob.get("step", 0) > 0:
         run.resumed = EpochProgress(blob["step"], cut["loss_sum"].to(run.device), cut["seen"], cut["seconds"])
@@ -250,10 +262,12 @@ def resume_from_checkpoint(run: Run) -> None:
 
 
 def run_step(run: Run, x: torch.Tensor, idx: torch.Tensor, global_batch: int, epoch: int, step: int,
-             steps: int) -> torch.Tensor:
-    """Learning rate, noise ids, one SGD step and bank update. -> the detached loss, still on the device."""
+             steps: int, fraction: float | None = None) -> torch.Tensor:
+    """Learning rate, noise ids, one SGD step and bank update. -> the detached loss, still on the device.
+    fraction: the share of a time-budgeted run done, which its schedule follows (else the schedule follows
+    the epoch)."""
     cfg = run.cfg
-    lr = lr_at(cfg, epoch + step / steps)
+    lr = lr_at_fraction(cfg, fraction) if cfg.budget_s and fraction is not None else lr_at(cfg, epoch + step / steps)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     noise = step_noise(run.objective, cfg.seed, epoch, step, global_batch, run.d)
@@ -261,22 +275,32 @@ def run_step(run: Run, x: torch.Tensor, idx: torch.Tensor, global_batch: int, ep
 
 
 def train_epoch(run: Run, epoch: int, progress: EpochProgress, report: Callable[[Progress], None],
-                should_stop: Callable[[], bool], train_start: float, show: bool) -> dict:
-    """The steps of one epoch (from progress.step on); updates `progress` after each. -> its log row."""
-    cfg, d = run.cfg, run.d
+                should_stop: Callable[[], bool], show: bool) -> dict | None:
+    """The steps of one epoch (from progress.step on), up to the step where the run's budget is spent; updates
+    `progress` after each. -> its log row ("partial": the budget ran out inside it), None when the budget ran out
+    before its first step."""
+    cfg, d, budget = run.cfg, run.d, run.budget
     run.learner.train()
     steps = run.feed.steps(epoch)
+    images = len(run.ds)
     t0 = time.perf_counter() - progress.seconds
     if progress.loss_sum is None:
         progress.loss_sum = torch.zeros((), device=run.device)
-    bar = tqdm(total=steps, initial=progress.step, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
-               leave=False, unit="step")
+    lr = 0.0
+    bar = tqdm(total=steps, initial=progress.step, desc=f"epoch {epoch + 1}", disable=not show, leave=False,
+               unit="step")
     with contextlib.closing(bar):
         for step, (x, idx, global_batch) in enumerate(run.feed.epoch(epoch, progress.step), progress.step):
             if should_stop():
                 progress.seconds = time.perf_counter() - t0
                 raise TrainingCancelled(f"cancelled at epoch {epoch + 1} step {step + 1}")
-            loss = run_step(run, x, idx, global_batch, epoch, step, steps)
+            fraction = budget.fraction(epoch + step / steps, d)
+            if fraction >= 1.0:  # the budget is spent: stop at this step boundary
+                break
+            loss = run_step(run, x, idx, global_batch, epoch, step, steps, fraction)
+            if run.tuner is not None:
+                run.tuner.step_done(x.shape[0])
+            lr = run.optimizer.param_groups[0]["lr"]
             progress.loss_sum += loss
             progress.seen += global_batch
             progress.step = step + 1
@@ -284,16 +308,20 @@ def train_epoch(run: Run, epoch: int, progress: EpochProgress, report: Callable[
                 loss_now = check_finite(mean_over_ranks(loss, d).item(), epoch, step, cfg)
                 rate = progress.seen / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{loss_now:.4f}", img_s=f"{rate:.0f}")
-                done = epoch - run.start_epoch + (step + 1) / steps
-                remaining = (cfg.epochs - run.start_epoch - done) * (time.perf_counter() - train_start) / done
-                report(Progress("training", epoch + 1, cfg.epochs, step + 1, steps, loss_now, rate, remaining))
+                at = epoch + (step + 1) / steps
+                report(Progress("training", epoch + 1, round(budget.planned_epochs(at, rate, images)), step + 1,
+                                steps, loss_now, rate, budget.eta_s(at, rate, images)))
             bar.update(1)
-    epoch_loss = mean_over_ranks(progress.loss_sum / steps, d).item()
+    if progress.seen == 0:
+        return None
+    done = max(progress.step, 1)
+    epoch_loss = mean_over_ranks(progress.loss_sum / done, d).item()
     if not math.isfinite(epoch_loss):
         raise TrainingDiverged(f"epoch {epoch + 1} mean loss is {epoch_loss}; lower the learning rate")
     elapsed = time.perf_counter() - t0
-    return {"epoch": epoch + 1, "loss": epoch_loss, "lr": lr_at(cfg, epoch + (steps - 1) / steps),
-            "images_per_s": progress.seen / elapsed, "epoch_s": elapsed, "knn_top1": None}
+    return {"epoch": epoch + 1, "steps": progress.step, "epoch_steps": steps, "partial": progress.step < steps,
+            "loss": epoch_loss,
+            "lr": lr, "images_per_s": progress.seen / max(elapsed, 1e-9), "epoch_s": elapsed, "knn_top1": None}
 
 
 def check_finite(loss: float, epoch: int, step: int, cfg: TrainConfig) -> float:
@@ -304,10 +332,9 @@ def check_finite(loss: float, epoch: int, step: int, cfg: TrainConfig) -> float:
     return loss
 
 
-def end_epoch(run: Run, row: dict, report: Callable[[Progress], None]) -> None:
-    """kNN monitor, table row, log.jsonl, checkpoint when due (rank 0)."""
+def end_epoch(run: Run, row: dict, last: bool, progress: EpochProgress, report: Callable[[Progress], None]) -> None:
+    """kNN monitor, table row, log.jsonl, checkpoint when due (rank 0). last: the run ends with this row."""
     cfg, epoch = run.cfg, row["epoch"]
-    last = epoch == cfg.epochs
     if run.d.main and cfg.knn_every and (epoch % cfg.knn_every == 0 or last):
         knn = knn_monitor(run.learner.encoder, run.objective.bank.vectors, run.ds, run.eval_ds, run.pre, cfg.knn_k,
                           cfg.tau, run.device)
@@ -322,10 +349,13 @@ def end_epoch(run: Run, row: dict, report: Callable[[Progress], None]) -> None:
                f"{row['epoch_s']:6.1f}s")
     with open(run.out / "log.jsonl", "a") as fh:
         fh.write(json.dumps(row) + "\n")
-    if last or (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0):
+    if row["partial"]:  # the budget ran out inside the epoch: an extension finishes it from this step
+        run.save_checkpoint(epoch - 1, progress)
+    elif last or (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0):
         run.save_checkpoint(epoch)
-    report(Progress("training", epoch, cfg.epochs, 1, 1, row["loss"], row["images_per_s"],
-                    knn_top1=row["knn_top1"], epoch_done=True))
+    report(Progress("training", epoch, epoch if last else round(run.budget.planned_epochs(
+        epoch, row["images_per_s"], len(run.ds))), 1, 1, row["loss"], row["images_per_s"],
+        knn_top1=row["knn_top1"], epoch_done=True))
 
 
 @contextlib.contextmanager
@@ -364,15 +394,19 @@ def train(cfg: TrainConfig, on_progress: Callable[[Progress], None] | None = Non
     report(Progress("loading", epochs=cfg.epochs))
     run = prepare(cfg, device, d, resume, show)
     cfg = run.cfg  # the recipe has decided its "auto" fields
-    if run.d.main and run.start_epoch < cfg.epochs:
+    run.budget = budget = Budget(cfg.budget_s, cfg.epochs, run.spent_s)
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and cfg.adapt_threads:
+        run.tuner = ThreadTuner(threads)
+    if run.d.main and budget.fraction(run.start_epoch) < 1:
         tqdm.write(f"{'epoch':>5} {'loss':>9} {'kNN@1':>7} {'lr':>8} {'img/s':>8} {'time':>7}")
-    train_start = time.perf_counter()
+    epoch = run.start_epoch
     with ctrl_c_at_step_boundary() as interrupted:
         stop = (lambda: interrupted() or should_stop()) if should_stop else interrupted
-        for epoch in range(run.start_epoch, cfg.epochs):
+        while budget.fraction(epoch, d) < 1.0:
             progress = run.resumed if epoch == run.start_epoch and run.resumed else EpochProgress()
             try:
-                row = train_epoch(run, epoch, progress, report, stop, train_start, show)
+                row = train_epoch(run, epoch, progress, report, stop, show)
             except TrainingCancelled:
                 run.save_checkpoint(epoch, progress)  # the steps done so far: a rerun resumes from here
                 run.checkpoints.wait()
@@ -380,29 +414,46 @@ def train(cfg: TrainConfig, on_progress: Callable[[Progress], None] | None = Non
                     raise KeyboardInterrupt(f"interrupted at epoch {epoch + 1} step {progress.step + 1}; "
                                             f"checkpoint in {run.checkpoints.path}") from None
                 raise
-            end_epoch(run, row, report)
+            if row is None:  # the budget ran out as this epoch began: the run ends with the epochs before it
+                run.save_checkpoint(epoch)
+                break
+            epoch += 1
+            last = row["partial"] or budget.fraction(epoch, d) >= 1.0
+            end_epoch(run, row, last, progress, report)
+    train_seconds = budget.elapsed()
+    torch.set_num_threads(threads)  # the embedding and the evaluation after training take every thread given
     run.checkpoints.wait()
     if not run.d.main:
         return {}
     return finish(cfg, run.learner.encoder, run.ds, run.eval_ds, run.pre, run.device, run.out, run.history, report,
-                  should_stop)
+                  should_stop, train_seconds)
+
+
+def epochs_done(history: list[dict]) -> float:
+    """Epochs trained, a partial last epoch counted by its share of steps (a resumed epoch's rows add up)."""
+    done: dict[int, float] = {}
+    for row in history:
+        share = row["steps"] / row["epoch_steps"] if row.get("partial") and row.get("epoch_steps") else 1.0
+        done[row["epoch"]] = min(done.get(row["epoch"], 0.0) + share, 1.0)
+    return round(sum(done.values()), 3)
 
 
 def finish(cfg: TrainConfig, encoder: Encoder, ds, eval_ds, pre: Preprocess, device, out: Path,
            history: list[dict], report: Callable[[Progress], None],
-           should_stop: Callable[[], bool] | None) -> dict:
+           should_stop: Callable[[], bool] | None, train_seconds: float) -> dict:
     """Final evaluation, pictures and the export (rank 0 only)."""
-    report(Progress("embedding", cfg.epochs, cfg.epochs))
+    done = epochs_done(history)
+    report(Progress("embedding", math.ceil(done), math.ceil(done)))
     if history:
         plot_curves(history, out / "curves.png")
     train_f, metrics = final_evaluation(encoder, ds, eval_ds, pre, cfg.knn_k, cfg.tau, device, out,
                                         cfg.seed, cfg.progress)
-    metrics.update({"images": len(ds), "skipped": len(ds.skipped), "epochs": cfg.epochs,
-                    "train_seconds": sum(r["epoch_s"] for r in history),
+    metrics.update({"images": len(ds), "skipped": len(ds.skipped), "epochs": done,
+                    "train_seconds": round(train_seconds, 2), "budget_s": cfg.budget_s, "epoch_cap": cfg.epochs,
                     "final_loss": history[-1]["loss"] if history else None})
     if should_stop and should_stop():
         raise TrainingCancelled("cancelled before export")
-    report(Progress("exporting", cfg.epochs, cfg.epochs))
+    report(Progress("exporting", math.ceil(done), math.ceil(done)))
     mcfg = model_config(cfg.arch, cfg.dim, cfg.image_size, cfg.width, cfg.stem)
     write_export(out / "export", train_f.cpu().numpy(), ds, encoder, mcfg, pre,
                  {"train_config": cfg.to_dict(), "metrics": metrics})

@@ -40,15 +40,15 @@ JOB_CHECKPOINTS = 20  # checkpoints over a job's run
 JOB_KNN_EVERY = 5  # epochs between kNN monitors of a job (the CLI's default is every epoch)
 
 
-def training_config(settings: Settings, overrides: dict[str, Any], collection: recipe.CollectionFacts, cuda: bool,
-                    rate: recipe.Rate | None = None) -> TrainConfig:
+def training_config(settings: Settings, overrides: dict[str, Any], collection: recipe.CollectionFacts,
+                    cuda: bool) -> TrainConfig:
     """The job's TrainConfig: the machine recipe of trainer/recipe.py, as `npid train` decides it, with the
-    training config file's fields (NPID_TRAIN_CONFIG) and the request's overrides given explicitly, and the CPU
-    budget NPID_CPU_TRAIN_MINUTES; then the job's own monitoring and checkpoint cadence."""
+    training config file's fields (NPID_TRAIN_CONFIG) and the request's overrides (`minutes` included) given
+    explicitly, and the CPU budget NPID_CPU_TRAIN_MINUTES; then the job's own monitoring and checkpoint cadence."""
     base = file_defaults(settings)
-    cfg = recipe.decide({**base, **overrides}, collection, cuda, "machine", settings.cpu_train_minutes, rate)
-    # a job whose worker dies resumes from its last checkpoint (POST /jobs/<id>/resume): about 20 per run, at
-    # least one per epoch on a short CPU budget; the writer runs in the background, off the step
+    cfg = recipe.decide({**base, **overrides}, collection, cuda, "machine", settings.cpu_train_minutes)
+    # a job whose worker dies resumes from its last checkpoint (POST /jobs/<id>/resume): about 20 per run, and
+    # every epoch under a time budget; the writer runs in the background, off the step
     return cfg.replace(knn_every=base.get("knn_every", JOB_KNN_EVERY),
                        checkpoint_every=overrides.get("checkpoint_every", max(1, cfg.epochs // JOB_CHECKPOINTS)))
 

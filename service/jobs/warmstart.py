@@ -61,7 +61,8 @@ def _model_config(path: Path) -> dict:
 
 
 def extended_config(run: Path, overrides: dict[str, Any]) -> TrainConfig:
-    """The run's own config with more epochs (and nothing else changed): train() resumes its checkpoint."""
+    """The run's own config with more epochs or minutes (and nothing else changed): train() resumes its checkpoint
+    and goes on by the time (or the epochs) left."""
     if not (run / "checkpoint.pt").is_file():
         raise ValueError(f"run {run.name} has no checkpoint to extend (a newer run replaced it)")
     cfg = TrainConfig.from_file(run / "config.yaml")
@@ -70,7 +71,7 @@ def extended_config(run: Path, overrides: dict[str, Any]) -> TrainConfig:
     if bank_rows is not None and bank_rows != n:
         raise ValueError(f"the collection changed since run {run.name} started ({bank_rows} -> {n} images): "
                          "train a new version instead of resuming")
-    unknown = sorted(set(overrides) - {"epochs"})
+    unknown = sorted(set(overrides) - {"epochs", "minutes"})
     if unknown:
-        raise ValueError(f"an extended run can only change epochs (got {', '.join(unknown)})")
+        raise ValueError(f"an extended run can only change epochs and minutes (got {', '.join(unknown)})")
     return cfg.replace(**overrides)

@@ -176,11 +176,11 @@ def _start_first_job(settings: Settings, folder: Path, base: str, headers: dict)
     except ValueError as e:  # an empty folder: say so, not a traceback
         raise SystemExit(f"nothing to train on: {e}") from None
     device = local_device(settings.train_device)
-    cfg = recipe.plan(file_defaults(settings), collection, device.type == "cuda")  # the job's recipe, untimed
-    budget = (f"for about {settings.cpu_train_minutes:g} min of training; with a GPU the paper's full recipe runs)"
-              if device.type == "cpu" else f"{cfg.epochs} epochs)")
+    cfg = recipe.decide(file_defaults(settings), collection, device.type == "cuda", "machine",
+                        settings.cpu_train_minutes)  # the job's recipe, decided as the job will
+    length = f"for {cfg.minutes:g} min" if cfg.minutes else f"{cfg.epochs} epochs"
     print(f"no version yet: training a first one on {folder} ({collection.images} images; {device}: {cfg.arch} "
-          f"width {cfg.width} at {cfg.image_size} px, {cfg.objective}, {budget}")
+          f"width {cfg.width} at {cfg.image_size} px, {cfg.objective}, {length})")
     r = _post_first_job(base, headers)
     if r.status_code == 409:
         print(f"a job is already running ({r.json()['job_id']}): following it")

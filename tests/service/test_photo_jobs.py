@@ -127,18 +127,16 @@ def test_job_overrides_win_over_the_recipe(photo_stack):
     assert (cfg["image_size"], cfg["stem"], cfg["width"]) == (48, "imagenet", 8)  # the recipe says cifar at 48
 
 
-def test_cpu_budget_hook_takes_the_recipe_for_photos_and_small_images(tmp_path):
+def test_cpu_budget_takes_the_recipe_for_photos_and_small_images(tmp_path):
     from service.jobs.pipeline import training_config
     from trainer.recipe import CollectionFacts
 
     settings = Settings(_env_file=None, collection_root=tmp_path, artifacts_dir=tmp_path, cpu_train_minutes=4.0)
-    timed = []
-    rate = lambda cfg: timed.append((cfg.image_size, cfg.stem)) or 300.0  # noqa: E731
-    photo = training_config(settings, {}, CollectionFacts(5000, 300), cuda=False, rate=rate)
-    small = training_config(settings, {}, CollectionFacts(5000, 32), cuda=False, rate=rate)
+    photo = training_config(settings, {}, CollectionFacts(5000, 300), cuda=False)
+    small = training_config(settings, {}, CollectionFacts(5000, 32), cuda=False)
     assert (photo.image_size, photo.stem, photo.width) == (96, "imagenet", 16)
     assert (small.image_size, small.stem) == (32, "cifar")
-    assert timed == [(96, "imagenet"), (32, "cifar")]  # each budget is timed at its own resolution
+    assert photo.minutes == small.minutes == 4.0  # both trained for the budget, whatever their cost per image
     pinned = training_config(settings, {"epochs": 3, "image_size": 128}, CollectionFacts(5000, 300), cuda=False)
     assert (pinned.epochs, pinned.image_size) == (3, 128)
     gpu = training_config(settings, {}, CollectionFacts(5000, 300), cuda=True)

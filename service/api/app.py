@@ -28,6 +28,7 @@ from .decoding import DecodePool, return_large_buffers_to_the_os
 from .metrics import Metrics, MetricsMiddleware
 from .ratelimit import RateLimiter
 from .routers import images, jobs, page, search, status, versions
+from .routers.common import declare_app_errors
 from .routers.page import STATIC
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    _declare_access(app, settings.protect_reads)
+    _document(app, settings.protect_reads)
 
     # added last = outermost: metrics see every answer, including the body limit's 413s
     app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes,
@@ -84,13 +85,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _declare_access(app: FastAPI, protect_reads: bool) -> None:
-    """The schema declares the key on reads exactly when this server asks for it there."""
+def _document(app: FastAPI, protect_reads: bool) -> None:
+    """The schema declares the key on reads exactly when this server asks for it there, and every 422 as the
+    body errors.py answers."""
     generate = app.openapi
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            app.openapi_schema = document_read_access(generate(), protect_reads)
+            app.openapi_schema = document_read_access(declare_app_errors(generate()), protect_reads)
         return app.openapi_schema
 
     app.openapi = openapi

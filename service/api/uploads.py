@@ -30,9 +30,10 @@ log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024  # bytes per read of an upload
 
-# OpenAPI: an upload field holds an image file (a string format of its own: "binary" would promise that any
-# bytes are accepted, while only decodable images in the formats above are)
-IMAGE_FILE = {"format": "image"}
+# OpenAPI: an upload field holds an image file: a string format of its own ("binary" would promise that any
+# bytes are accepted, while only decodable images in the formats above are), never empty; its parts are image/*
+# (the multipart encoding: routers/common.py image_parts)
+IMAGE_FILE = {"format": "image", "minLength": 1}
 
 EMPTY = "empty file"
 UNSUPPORTED = "unsupported image format: send JPEG, PNG, WebP, GIF, BMP or TIFF"

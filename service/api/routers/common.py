@@ -1,8 +1,10 @@
-"""Shared by the search and image routes: the OpenAPI error responses, decoding in the bounded pool, and
-neighbours -> SearchResponse."""
+"""Shared by the routes: the OpenAPI error responses (and `declare_app_errors`, which makes every 422 of the
+schema the app's own), the upload fields' media types; decoding in the bounded pool, and neighbours ->
+SearchResponse."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,41 @@ UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ValidationErrorResponse, "description": "corrupt image or invalid parameters"},
     **LIMITED, **UNAVAILABLE,
 }
+
+
+def image_parts(field: str) -> dict[str, Any]:
+    """`openapi_extra` of an upload route: the multipart `field`'s parts are images (the 415 names the formats
+    accepted, decided from the bytes whatever Content-Type a part carries). `image/*` rather than the six types
+    listed: clients serialize a part by its declared media type, and few know image/bmp or image/tiff."""
+    return {"requestBody": {"content": {"multipart/form-data": {"encoding": {field: {"contentType": "image/*"}}}}}}
+
+
+_FASTAPI_422 = "#/components/schemas/HTTPValidationError"
+_APP_422 = ValidationErrorResponse.__name__
+
+
+def declare_app_errors(schema: dict) -> dict:
+    """Every 422 in `schema` declares the body errors.py answers it with (ValidationErrorResponse): FastAPI adds
+    its own HTTPValidationError (a list `detail`) to each route with parameters whose `responses` name no 422;
+    that one is replaced here, for every route at once, and dropped from the components."""
+    replaced = False
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            answer = operation.get("responses", {}).get("422", {})
+            if answer.get("content", {}).get("application/json", {}).get("schema") == {"$ref": _FASTAPI_422}:
+                answer["description"] = INVALID[422]["description"]
+                answer["content"]["application/json"]["schema"] = {"$ref": f"#/components/schemas/{_APP_422}"}
+                replaced = True
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    if replaced and _APP_422 not in components:  # no route declared INVALID itself
+        model = ValidationErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(model.pop("$defs", {}))
+        components[_APP_422] = model
+    if _FASTAPI_422 not in json.dumps(schema.get("paths", {})):
+        components.pop("HTTPValidationError", None)
+        if '"#/components/schemas/ValidationError"' not in json.dumps(schema):
+            components.pop("ValidationError", None)
+    return schema
 
 
 def _timed_decode(budget: PixelBudget, data: bytes, max_pixels: int, side: int | None) -> tuple[Decoded, float]:

@@ -9,6 +9,7 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
 from pydantic import WithJsonSchema
 from starlette.concurrency import run_in_threadpool
@@ -23,7 +24,18 @@ from ..auth import API_KEY_HEADER, READ, ReadAccess, WriteAccess
 from ..deps import DecoderDep, EngineDep, LiveDep, RateLimited, SettingsDep, ThumbnailRateLimited, WritesDep
 from ..schemas import AddedImage, ErrorResponse, ImageAdded, ImageDeleted, ImagesAdded, SearchResponse
 from ..uploads import IMAGE_FILE, read_limited
-from .common import INVALID, LIMITED, NOT_FOUND, UNAVAILABLE, UPLOAD_ERRORS, WRITE_AUTH, answer, decode, thumbnail
+from .common import (
+    INVALID,
+    LIMITED,
+    NOT_FOUND,
+    UNAVAILABLE,
+    UPLOAD_ERRORS,
+    WRITE_AUTH,
+    answer,
+    decode,
+    image_parts,
+    thumbnail,
+)
 from .search import K
 
 log = logging.getLogger(__name__)
@@ -31,8 +43,8 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/images", tags=["images"])
 
 ImageId = Annotated[int, Path(ge=0, description="image id in the collection")]
-Label = Annotated[str | None, Form(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
-                                   description="optional class label (a plain folder name)")]
+Label = Annotated[str | None, Form(pattern=r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,63})?$",  # FastAPI reads "" as None
+                                   description="optional class label (a plain folder name; empty or absent: none)")]
 MAX_BATCH_FILES = 32  # files in one POST /images; each within NPID_MAX_UPLOAD_BYTES
 ImageUpload = Annotated[UploadFile, WithJsonSchema({"type": "string", "contentMediaType": "application/octet-stream",
                                                    **IMAGE_FILE})]  # a file part of the form
@@ -114,8 +126,8 @@ def _added(a: Added) -> AddedImage:
 
 @router.post("", status_code=201, response_model=ImageAdded | ImagesAdded, responses={
     200: {"model": ImageAdded | ImagesAdded, "description": "every image was already in the collection"},
-    **UPLOAD_ERRORS, **WRITE_AUTH}, dependencies=[WriteAccess, RateLimited])
-async def add_images(response: Response,
+    **UPLOAD_ERRORS, **WRITE_AUTH}, dependencies=[WriteAccess, RateLimited], openapi_extra=image_parts("file"))
+async def add_images(request: Request, response: Response,
                      file: Annotated[list[ImageUpload], File(description=f"the image(s) to add: repeat the field "
                                                                          f"for a batch, at most {MAX_BATCH_FILES}",
                                                              min_length=1, max_length=MAX_BATCH_FILES)],
@@ -125,6 +137,9 @@ async def add_images(response: Response,
     live model). Each is stored under <collection root>/<label or "uploads">/<content hash>.<ext>. Bytes the
     collection already holds (by SHA-256, wherever the file lies) are not added again: their existing id is
     answered. One file answers ImageAdded; several answer ImagesAdded, in request order."""
+    if len((await request.form()).getlist("label")) > 1:  # the form as parsed for the parameters (cached)
+        raise RequestValidationError([{"loc": ("body", "label"), "msg": "one label per request, not several",
+                                       "type": "too_many_values"}])
     decoded = []
     for upload in file:  # every file is checked before any is stored: a bad one refuses the whole batch
         data = await read_limited(upload, settings.max_upload_bytes)
@@ -158,7 +173,7 @@ async def _store_file(settings: Settings, folder: str, data: bytes) -> str:
 
 @router.delete("/{image_id}", response_model=ImageDeleted, responses={
     **NOT_FOUND, 409: {"model": ErrorResponse, "description": "it is the last image: the collection cannot be empty"},
-    **WRITE_AUTH, **UNAVAILABLE}, dependencies=[WriteAccess])
+    **INVALID, **WRITE_AUTH, **UNAVAILABLE}, dependencies=[WriteAccess])
 async def delete_image(image_id: ImageId, live: LiveDep, writes: WritesDep, settings: SettingsDep) -> ImageDeleted:
     """Remove an image from the index (a new published version). An upload (under the upload folder) loses its
     file too; any other file stays where it is, read-only for the API, and its path is tombstoned: re-index and

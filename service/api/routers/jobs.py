@@ -15,6 +15,7 @@ from celery import Celery
 from fastapi import APIRouter, Path, Query, Request, Response
 from kombu.exceptions import OperationalError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from trainer.config import Objective, Stem
 from trainer.model import Backbone
@@ -35,13 +36,29 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$", description="the id POST /jobs/train or /jobs/index gave")]
+ACTIONS = ("train", "index")  # /jobs/<action>: POST-only paths beside /jobs/{job_id}
+
+
+class JobIdSegment(StringConvertor):
+    """The {job_id} segment of the routes' paths: any segment but an action's name, so that GET /jobs/train is the
+    path /jobs/train answering 405 (it serves POST), not GET /jobs/{job_id} refusing the id "train". A malformed id
+    still reaches the route, whose pattern answers 422 naming it."""
+
+    regex = rf"(?!(?:{'|'.join(ACTIONS)})(?:/|$))[^/]+"
+
+
+register_url_convertor("job_id", JobIdSegment())
+JOB = "/{job_id:job_id}"
 
 
 class TrainOverrides(BaseModel):
     """Optional changes to the training recipe of this job (the rest: NPID_TRAIN_CONFIG and the machine budget)."""
 
-    model_config = ConfigDict(extra="forbid")
-    epochs: int | None = Field(None, ge=1, le=1000)
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"not": {  # _one_starting_point, in the schema
+        "required": ["extend", "init"], "properties": {"extend": {"type": "string"}, "init": {"const": "live"}}}})
+    minutes: float | None = Field(None, gt=0, le=7 * 24 * 60, description="wall-clock budget of the training "
+                                   "phase (a deadline; default on a CPU: NPID_CPU_TRAIN_MINUTES; on a GPU: none)")
+    epochs: int | None = Field(None, ge=1, le=1000, description="epochs to train; with a time budget, a cap")
     backbone: Backbone | None = None
     objective: Objective | None = None
     temperature: float | None = Field(None, gt=0, le=10)
@@ -169,14 +186,14 @@ def list_jobs(request: Request, jobs: JobsDep,
     return [JobOut.of(j, full) for j in jobs.recent(limit)]
 
 
-@router.get("/{job_id}", response_model=JobOut, openapi_extra=READ, dependencies=[ReadAccess],
+@router.get(JOB, response_model=JobOut, openapi_extra=READ, dependencies=[ReadAccess],
             responses=JOB_RESPONSES)
 def job_status(request: Request, job_id: JobId, jobs: JobsDep) -> JobOut:
     """State and progress of one job."""
     return JobOut.of(_get(jobs, job_id), has_valid_key(request))
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, dependencies=[WriteAccess],
+@router.post(JOB + "/cancel", status_code=202, response_model=JobOut, dependencies=[WriteAccess],
              responses={**JOB_RESPONSES, **WRITE_AUTH})
 def cancel_job(job_id: JobId, jobs: JobsDep) -> JobOut:
     """Cancel: a queued job at once, a running one at its next step (it then publishes nothing). A finished
@@ -185,14 +202,7 @@ def cancel_job(job_id: JobId, jobs: JobsDep) -> JobOut:
     return JobOut.of(jobs.cancel(job_id), True)
 
 
-@router.delete("/{job_id}", status_code=202, response_model=JobOut, dependencies=[WriteAccess],
-               include_in_schema=False)
-def cancel_job_alias(job_id: JobId, jobs: JobsDep) -> JobOut:
-    """Deprecated alias of POST /jobs/{job_id}/cancel (same answer; the record is not deleted)."""
-    return cancel_job(job_id, jobs)
-
-
-@router.post("/{job_id}/resume", status_code=202, response_model=JobAccepted, dependencies=[WriteAccess],
+@router.post(JOB + "/resume", status_code=202, response_model=JobAccepted, dependencies=[WriteAccess],
              responses={**WRITE_RESPONSES, 404: JOB_RESPONSES[404],
                         409: {"model": JobConflictResponse, "description": "not resumable, or another job holds "
                                                                           "the lock"}})

@@ -11,7 +11,7 @@ from ..auth import READ, ReadAccess
 from ..deps import DecoderDep, EngineDep, LiveDep, RateLimited, SettingsDep
 from ..schemas import SearchResponse
 from ..uploads import IMAGE_FILE, read_limited
-from .common import UPLOAD_ERRORS, answer, decode
+from .common import UPLOAD_ERRORS, answer, decode, image_parts
 
 router = APIRouter(tags=["search"])
 
@@ -19,8 +19,8 @@ K = Annotated[int, Query(ge=1, le=100, description="neighbours to return")]
 MinScore = Annotated[float | None, Query(ge=-1.0, le=1.0, description="drop neighbours scoring below this")]
 
 
-@router.post("/search", response_model=SearchResponse, responses=UPLOAD_ERRORS, openapi_extra=READ,
-             dependencies=[ReadAccess, RateLimited])
+@router.post("/search", response_model=SearchResponse, responses=UPLOAD_ERRORS,
+             openapi_extra={**READ, **image_parts("file")}, dependencies=[ReadAccess, RateLimited])
 async def search(request: Request,
                  file: Annotated[UploadFile, File(description="the query image (JPEG, PNG, WebP, GIF, BMP or TIFF)",
                                                   json_schema_extra=IMAGE_FILE)],

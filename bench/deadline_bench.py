@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from trainer_bench import machine  # noqa: E402
 
 from trainer import recipe  # noqa: E402
-from trainer.train import Progress, train  # noqa: E402
+from trainer.progress import Progress  # noqa: E402
+from trainer.train import train  # noqa: E402
 
 SPIN = "while True: pass"
 

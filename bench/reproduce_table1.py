@@ -51,7 +51,8 @@ from trainer.evaluate import labels_of  # noqa: E402
 from trainer.knn import knn_accuracy  # noqa: E402
 from trainer.model import build_encoder  # noqa: E402
 from trainer.plots import plot_curves  # noqa: E402
-from trainer.train import Progress, TrainingCancelled, train  # noqa: E402
+from trainer.progress import Progress, TrainingCancelled  # noqa: E402
+from trainer.train import train  # noqa: E402
 
 log = logging.getLogger("reproduce_table1")
 PAPER = {"softmax": {"knn_top1": 80.8, "linear": 75.4}, "nce4096": {"knn_top1": 80.4, "linear": 70.2}}

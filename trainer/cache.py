@@ -38,6 +38,7 @@ from durable import atomic_write
 
 from .data import ArrayImages, Collection, scan_folder, to_rgb
 from .preprocess import Preprocess
+from .progress import Tick
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ class ImageCache:
                                    f"{free / 2**30:.1f} GiB are free")
 
     def build(self, paths: list[str], threads: int = 1,
-              progress: bool = False) -> tuple[np.ndarray, list[str], CacheReport]:
+              progress: bool = False, tick: Tick | None = None) -> tuple[np.ndarray, list[str], CacheReport]:
         """The cached squares of `paths` (relative to the root), decoding only what changed.
 
         -> (uint8 [n, S, S, 3] read-only memmap, the n readable paths in order, the report).
@@ -158,10 +159,10 @@ class ImageCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / "lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            return self._build_locked(paths, threads, progress, start)
+            return self._build_locked(paths, threads, progress, start, tick)
 
-    def _build_locked(self, paths: list[str], threads: int, progress: bool,
-                      start: float) -> tuple[np.ndarray, list[str], CacheReport]:
+    def _build_locked(self, paths: list[str], threads: int, progress: bool, start: float,
+                      tick: Tick | None) -> tuple[np.ndarray, list[str], CacheReport]:
         index = self._read_index()
         entries: dict = index.get("entries", {})
         bad: dict = index.get("bad", {})
@@ -177,7 +178,7 @@ class ImageCache:
         data_name = index.get("data")
         if not unchanged:
             self._check_budget(len(todo))
-            kept, new_skips, data_name = self._rewrite(index, todo, reuse, threads, progress)
+            kept, new_skips, data_name = self._rewrite(index, todo, reuse, threads, progress, tick)
             skipped.update(new_skips)
             new_index = {"format": CACHE_FORMAT, "stored_size": self.pre.stored_size,
                          "image_size": self.pre.image_size, "squash": self.pre.squash, "data": data_name,
@@ -197,9 +198,11 @@ class ImageCache:
                              seconds=time.perf_counter() - start, bytes=n * self.row_bytes)
         return images, kept_paths, report
 
-    def _rewrite(self, index: dict, todo: list[str], reuse: dict[str, int], threads: int,
-                 progress: bool) -> tuple[list[str], dict[str, str], str]:
-        """A new data file holding `todo` in order: reused rows copied, the rest decoded; bad rows squeezed out."""
+    def _rewrite(self, index: dict, todo: list[str], reuse: dict[str, int], threads: int, progress: bool,
+                 tick: Tick | None) -> tuple[list[str], dict[str, str], str]:
+        """A new data file holding `todo` in order: reused rows copied, the rest decoded; bad rows squeezed out.
+        `tick(decoded, to decode)` after each image; when it raises (a cancel) the decodes not yet started are
+        dropped and the unfinished data file, never named by index.json, is removed by the next rewrite."""
         s = self.pre.stored_size
         data_name = f"images-{secrets.token_hex(6)}.u8"
         path = self.dir / data_name
@@ -224,11 +227,17 @@ class ImageCache:
                 return i, str(e)
 
         failed: dict[int, str] = {}
-        with ThreadPoolExecutor(max(1, threads), thread_name_prefix="decode") as pool:
-            for i, reason in tqdm(pool.map(decode, missing), total=len(missing), desc="decoding images",
-                                  disable=not progress, leave=False, unit="img"):
+        pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="decode")
+        try:
+            results = pool.map(decode, missing)
+            for n, (i, reason) in enumerate(tqdm(results, total=len(missing), desc="decoding images",
+                                                 disable=not progress, leave=False, unit="img"), 1):
                 if reason is not None:
                     failed[i] = reason
+                if tick is not None:
+                    tick(n, len(missing))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         keep = [i for i in range(len(todo)) if i not in failed]
         if failed:  # squeeze the failed rows out, moving later rows up (dst <= src: never overwrites a source)
             for dst, src in enumerate(keep):
@@ -243,12 +252,13 @@ class ImageCache:
 
 
 def cached_folder(root: str | Path, pre: Preprocess, cache_root: str | Path | None = None, limit: int = 0,
-                  threads: int = 1, progress: bool = False) -> CachedFolder:
-    """The image folder `root` decoded through the cache: bad files skipped, counted and logged."""
+                  threads: int = 1, progress: bool = False, tick: Tick | None = None) -> CachedFolder:
+    """The image folder `root` decoded through the cache: bad files skipped, counted and logged; `tick` after
+    each image decoded (trainer/progress.py)."""
     collection = scan_folder(root)
     paths = collection.paths[:limit] if limit else collection.paths
     cache = ImageCache(cache_root or default_cache_root(), root, pre)
-    images, kept, report = cache.build(paths, threads, progress)
+    images, kept, report = cache.build(paths, threads, progress, tick)
     for path, reason in report.skipped:
         log.warning("skipping %s (%s)", path, reason)
     log.info("%s", report.summary())

@@ -29,6 +29,7 @@ from durable import fsync_tree
 from .data import ArrayImages, ImageFolder
 from .model import Encoder, build_encoder
 from .preprocess import Preprocess
+from .progress import Tick
 
 EXPORT_FORMAT = 1
 
@@ -87,19 +88,23 @@ class Embedder:
 
 @torch.no_grad()
 def embed_dataset(encoder: Encoder, ds: ImageFolder | ArrayImages, pre: Preprocess, device,
-                  batch_size: int = 256, workers: int = 0, progress: bool = True) -> torch.Tensor:
-    """Embeddings of every instance with the eval transform -> N x D float32 on `device`."""
+                  batch_size: int = 256, workers: int = 0, progress: bool = True,
+                  tick: Tick | None = None) -> torch.Tensor:
+    """Embeddings of every instance with the eval transform -> N x D float32 on `device`; `tick` per batch."""
     encoder.eval()
+    tick = tick or (lambda done, total: None)
     out = []
     if isinstance(ds, ArrayImages) and ds.images.shape[1:3] == (pre.stored_size, pre.stored_size):  # no PIL
         for i in tqdm(range(0, len(ds), batch_size), desc="embedding", disable=not progress, leave=False):
             batch = torch.from_numpy(np.array(ds.images[i:i + batch_size])).to(device)  # b x S x S x 3 uint8
             out.append(encoder(pre.device_eval(batch)).float())  # equals the PIL eval transform
+            tick(min(i + batch_size, len(ds)), len(ds))
         return torch.cat(out)
     ds.transform = pre.eval_transform()
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
     for x, _ in tqdm(loader, desc="embedding", disable=not progress, leave=False):
         out.append(encoder(x.to(device)).float())
+        tick(sum(len(f) for f in out), len(ds))
     return torch.cat(out)
 
 

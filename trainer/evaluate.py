@@ -14,6 +14,7 @@ from .knn import knn_accuracy, topk_neighbours
 from .plots import collection_map, neighbour_grid
 from .preprocess import Preprocess
 from .probe import linear_probe
+from .progress import Tick
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,10 @@ def knn_monitor(encoder, bank: torch.Tensor, train_ds: Dataset, eval_ds: Dataset
 
 
 def final_evaluation(encoder, train_ds: Dataset, eval_ds: Dataset | None, pre: Preprocess, ks, tau, device,
-                     out: Path, seed: int, progress: bool) -> tuple[torch.Tensor, dict]:
-    """Recompute features with the eval transform; kNN, 1-NN, linear probe; pictures. -> (train feats, metrics)."""
-    train_f = embed_dataset(encoder, train_ds, pre, device, progress=progress)  # N x D
+                     out: Path, seed: int, progress: bool, tick: Tick | None = None) -> tuple[torch.Tensor, dict]:
+    """Recompute features with the eval transform; kNN, 1-NN, linear probe; pictures. -> (train feats, metrics).
+    `tick` follows the embedding of the collection."""
+    train_f = embed_dataset(encoder, train_ds, pre, device, progress=progress, tick=tick)  # N x D
     train_y = labels_of(train_ds)
     metrics: dict = {}
     eval_f = eval_y = None

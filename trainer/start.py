@@ -18,6 +18,7 @@ from .embed import load_model_and_config
 from .feed import DeviceFeed, LoaderFeed
 from .model import Encoder
 from .preprocess import Preprocess
+from .progress import Tick
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def load_initial_weights(encoder: Encoder, path: str, arch: str, dim: int, width
 
 @torch.no_grad()
 def features_of_collection(encoder: Encoder, feed: DeviceFeed | LoaderFeed, pre: Preprocess, device,
-                           batch_size: int = 256) -> torch.Tensor:
+                           batch_size: int = 256, tick: Tick | None = None) -> torch.Tensor:
     """Every image's embedding with the eval transform -> N x D unit rows, in collection order.
 
     The network runs in training mode (batch statistics), as in the steps whose targets these rows become;
@@ -44,13 +45,20 @@ def features_of_collection(encoder: Encoder, feed: DeviceFeed | LoaderFeed, pre:
     after the same budget (docs/cpu-recipe.md).
     """
     encoder.train()
+    tick = tick or (lambda done, total: None)
+    out = []
     if isinstance(feed, DeviceFeed):
         n = len(feed.host)  # N x S x S x 3 uint8: the arrays, or the image cache's squares
-        return torch.cat([encoder(pre.device_eval(feed.gather(torch.arange(i, min(i + batch_size, n)))))  # b x D
-                          for i in range(0, n, batch_size)])
+        for i in range(0, n, batch_size):
+            out.append(encoder(pre.device_eval(feed.gather(torch.arange(i, min(i + batch_size, n))))))  # b x D
+            tick(min(i + batch_size, n), n)
+        return torch.cat(out)
     saved, feed.ds.transform = feed.ds.transform, pre.eval_transform()
     try:
         loader = torch.utils.data.DataLoader(feed.ds, batch_size=batch_size, num_workers=feed.workers)
-        return torch.cat([encoder(x.to(device)) for x, _ in loader])  # N x D
+        for x, _ in loader:
+            out.append(encoder(x.to(device)))  # b x D
+            tick(sum(len(f) for f in out), len(feed.ds))
+        return torch.cat(out)  # N x D
     finally:
         feed.ds.transform = saved

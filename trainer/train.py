@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -50,6 +49,7 @@ from .model import Encoder, build_encoder
 from .objective import NPIDObjective
 from .plots import plot_curves
 from .preprocess import Preprocess
+from .progress import Progress, Tick, TrainingCancelled, ticker
 from .schedule import lr_at, lr_at_fraction
 from .start import features_of_collection, load_initial_weights
 from .step import Learner, step_noise, train_step
@@ -60,29 +60,6 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-class TrainingCancelled(RuntimeError):
-    """`should_stop()` returned True; the state was checkpointed, nothing was exported."""
-
-
-TrainPhase = Literal["loading", "training", "embedding", "exporting"]  # in this order (service/jobs/vocabulary.py)
-
-
-@dataclass
-class Progress:
-    """What a caller (CLI, background job) sees while training runs."""
-
-    phase: TrainPhase
-    epoch: int = 0
-    epochs: int = 0
-    step: int = 0
-    steps: int = 0
-    loss: float | None = None
-    images_per_s: float | None = None
-    eta_s: float | None = None
-    knn_top1: float | None = None
-    epoch_done: bool = False  # True on the one report at the end of each epoch (loss: the epoch's mean)
 
 
 # fields that may change between an interrupted run and its resumption (or its extension to a longer budget)
@@ -99,8 +76,8 @@ def check_same_run(saved: dict, cfg: TrainConfig, ckpt: Path) -> None:
                          "or delete the checkpoint to start over")
 
 
-def open_training_data(cfg: TrainConfig, device: torch.device,
-                       progress: bool) -> tuple[TrainConfig, ImageFolder | ArrayImages, Preprocess]:
+def open_training_data(cfg: TrainConfig, device: torch.device, progress: bool,
+                       tick: Tick | None = None) -> tuple[TrainConfig, ImageFolder | ArrayImages, Preprocess]:
     """The collection, cfg with its "auto" fields decided (trainer/recipe.py), and the eval transform.
 
     An image folder is read through the decode-once cache; the PIL loader only when asked for
@@ -117,7 +94,8 @@ def open_training_data(cfg: TrainConfig, device: torch.device,
                                                 else (IMAGENET_MEAN, IMAGENET_STD)))
     if isinstance(ds, ImageFolder) and cfg.data_path != "loader":
         try:
-            ds = cached_folder(ds.root, pre, cfg.cache_dir or None, cfg.limit, torch.get_num_threads(), progress)
+            ds = cached_folder(ds.root, pre, cfg.cache_dir or None, cfg.limit, torch.get_num_threads(), progress,
+                               tick)
         except CacheUnavailable as e:
             if cfg.data_path == "device":
                 raise
@@ -138,12 +116,12 @@ def make_feed(cfg: TrainConfig, ds, pre: Preprocess, device: torch.device, d: Di
 
 
 def start_state(cfg: TrainConfig, encoder: Encoder, objective: NPIDObjective, feed, pre: Preprocess,
-                device) -> None:
+                device, tick: Tick | None = None) -> None:
     """A fresh run's starting point: optional published weights, optional bank of the network's features."""
     if cfg.init_model:
         load_initial_weights(encoder, cfg.init_model, cfg.arch, cfg.dim, cfg.width)
     if cfg.bank_init == "features":
-        objective.bank.vectors.copy_(features_of_collection(encoder, feed, pre, device))  # N x D (this rank: all)
+        objective.bank.vectors.copy_(features_of_collection(encoder, feed, pre, device, tick=tick))  # N x D (all)
 
 
 @dataclass
@@ -207,14 +185,16 @@ def native_bf16_cpu() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
-def prepare(cfg: TrainConfig, device: torch.device, d: Dist, resume: bool, show: bool) -> Run:
-    """Data, model, optimiser, and the state of an interrupted run when there is one."""
+def prepare(cfg: TrainConfig, device: torch.device, d: Dist, resume: bool, show: bool,
+            tick: Tick | None = None) -> Run:
+    """Data, model, optimiser, and the state of an interrupted run when there is one. `tick` follows (and may
+    cancel) the long parts: decoding the collection into the cache, filling the bank."""
     torch.manual_seed(cfg.seed)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg, ds, pre = open_training_data(cfg, device, show)
+    cfg, ds, pre = open_training_data(cfg, device, show, tick)
     eval_ds = open_dataset(cfg.eval_data, "test") if cfg.eval_data else None
     feed = make_feed(cfg, ds, pre, device, d)
     if d.main:
@@ -242,7 +222,7 @@ def prepare(cfg: TrainConfig, device: torch.device, d: Dist, resume: bool, show:
     if resume and run.checkpoints.path.exists():
         resume_from_checkpoint(run)
     else:
-        start_state(cfg, learner.encoder, objective, feed, pre, device)
+        start_state(cfg, learner.encoder, objective, feed, pre, device, tick)
         if d.main:
             (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
     return run
@@ -392,7 +372,7 @@ def train(cfg: TrainConfig, on_progress: Callable[[Progress], None] | None = Non
     show = cfg.progress and d.main
     report = on_progress if (on_progress and d.main) else (lambda p: None)
     report(Progress("loading", epochs=cfg.epochs))
-    run = prepare(cfg, device, d, resume, show)
+    run = prepare(cfg, device, d, resume, show, ticker("loading", report, should_stop, cfg.epochs))
     cfg = run.cfg  # the recipe has decided its "auto" fields
     run.budget = budget = Budget(cfg.budget_s, cfg.epochs, run.spent_s)
     threads = torch.get_num_threads()
@@ -446,8 +426,8 @@ def finish(cfg: TrainConfig, encoder: Encoder, ds, eval_ds, pre: Preprocess, dev
     report(Progress("embedding", math.ceil(done), math.ceil(done)))
     if history:
         plot_curves(history, out / "curves.png")
-    train_f, metrics = final_evaluation(encoder, ds, eval_ds, pre, cfg.knn_k, cfg.tau, device, out,
-                                        cfg.seed, cfg.progress)
+    train_f, metrics = final_evaluation(encoder, ds, eval_ds, pre, cfg.knn_k, cfg.tau, device, out, cfg.seed,
+                                        cfg.progress, ticker("embedding", report, should_stop, math.ceil(done)))
     metrics.update({"images": len(ds), "skipped": len(ds.skipped), "epochs": done,
                     "train_seconds": round(train_seconds, 2), "budget_s": cfg.budget_s, "epoch_cap": cfg.epochs,
                     "final_loss": history[-1]["loss"] if history else None})

@@ -23,8 +23,9 @@ from trainer.config import TrainConfig
 from trainer.distributed import local_device
 from trainer.embed import embed_dataset, load_model_and_config, write_export
 from trainer.preprocess import Preprocess
+from trainer.progress import TrainingCancelled, ticker
 from trainer.quality import record_in_export
-from trainer.train import TrainingCancelled, train
+from trainer.train import train
 
 from ..live.collection import file_embedder
 from ..settings import Settings
@@ -134,7 +135,8 @@ def _train(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, di
     quality = export_quality(run / "export", ds, device, cfg.flip)
     record_in_export(run / "export", quality)
     live = current_version(store)
-    live_q = None if live is None else live_quality(live, ds, quality["key"], device, cfg.flip)
+    measuring = ticker("measuring", reporter.progress, reporter.should_stop)  # re-embedding by the live model
+    live_q = None if live is None else live_quality(live, ds, quality["key"], device, cfg.flip, measuring)
     margin = settings.improve_margin if request.extend else 0.0
     decision = decide(quality, live_q, request.publish, margin)
     log.info("job %s: %s", job.id, decision.reason)
@@ -155,12 +157,11 @@ def _reindex(settings: Settings, job: Job, reporter: JobReporter) -> tuple[str, 
     device = local_device(settings.train_device)
     encoder, model_cfg = load_model_and_config(live.directory / "model.pt", device)
     pre = Preprocess.load(live.directory / "preprocess.json")
-    ds = cached_folder(settings.collection_root, pre, image_cache_dir(settings), threads=torch.get_num_threads())
+    ds = cached_folder(settings.collection_root, pre, image_cache_dir(settings), threads=torch.get_num_threads(),
+                       tick=ticker("loading", reporter.progress, reporter.should_stop))
     skipped = ds.skipped
-    reporter.phase("embedding", images=len(ds))
-    if reporter.should_stop():
-        raise TrainingCancelled("cancelled before embedding")
-    feats = embed_dataset(encoder, ds, pre, device, progress=False).cpu().numpy()
+    feats = embed_dataset(encoder, ds, pre, device, progress=False,
+                          tick=ticker("embedding", reporter.progress, reporter.should_stop)).cpu().numpy()
     export = runs_dir(settings.artifacts_dir) / job.id / "export"
     metrics = {"images": len(ds), "skipped": len(skipped), "model_from": live.version}
     write_export(export, feats, ds, encoder, model_cfg, pre,

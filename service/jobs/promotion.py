@@ -23,6 +23,7 @@ from index import ArtifactStore, LoadedVersion
 from trainer.data import Collection, ImageFolder
 from trainer.embed import embed_dataset, load_model_and_config
 from trainer.preprocess import Preprocess
+from trainer.progress import Tick
 from trainer.quality import GATE_FIGURE, load_sample, measure, sample_ids, sample_key
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,8 @@ def export_quality(export_dir: Path, ds: ImageFolder, device, hflip: bool) -> di
     return measure_model(encoder, pre, np.load(export_dir / "embeddings.npy"), ds, device, hflip)
 
 
-def live_quality(live: LoadedVersion, ds: ImageFolder, key: str, device, hflip: bool) -> dict | None:
+def live_quality(live: LoadedVersion, ds: ImageFolder, key: str, device, hflip: bool,
+                 tick: Tick | None = None) -> dict | None:
     """The live version's quality on the candidate's gallery, sample and views (`key`, `hflip`), or None when
     not comparable."""
     stored = live.manifest.get("quality")
@@ -79,7 +81,7 @@ def live_quality(live: LoadedVersion, ds: ImageFolder, key: str, device, hflip: 
     except (OSError, KeyError, RuntimeError) as e:  # an old or damaged version: nothing to compare with
         log.warning("live version %s cannot be measured: %s", live.version, e)
         return None
-    gallery = embed_dataset(encoder, ds, pre, device, progress=False).cpu().numpy()  # N x D
+    gallery = embed_dataset(encoder, ds, pre, device, progress=False, tick=tick).cpu().numpy()  # N x D
     figures = measure_model(encoder, pre, gallery, ds, device, hflip)
     return {**figures, "version": live.version, "remeasured": True}
 

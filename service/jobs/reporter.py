@@ -17,7 +17,7 @@ from dataclasses import asdict
 from functools import partial
 from typing import Any, TypeVar
 
-from trainer.train import Progress, TrainingCancelled
+from trainer.progress import Progress, TrainingCancelled
 
 from .store import Job, JobStore, JobsUnavailable, LeaseLost
 from .vocabulary import Phase

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from trainer.train import TrainPhase
+from trainer.progress import TrainPhase
 
 JobKind = Literal["train", "index"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]

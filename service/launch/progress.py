@@ -40,7 +40,8 @@ def follow_job(base: str, headers: dict, job_id: str, children: list[Child]) -> 
         if prog.get("epochs"):
             bar.total = prog["epochs"]
             bar.n = epochs_done(prog)
-        bar.set_description_str(f"first version: {prog.get('phase', job['state'])}")
+        items = f" {prog['done']}/{prog['total']}" if prog.get("total") else ""  # images decoded, embedded
+        bar.set_description_str(f"first version: {prog.get('phase', job['state'])}{items}")
         bar.set_postfix({k: round(prog[k], 3) for k in ("loss", "images_per_s", "knn_top1") if prog.get(k)})
         bar.refresh()
         if job["state"] in FINISHED:

@@ -10,7 +10,7 @@ from service.api.app import create_app
 from service.jobs.vocabulary import FINISHED, PHASES, JobKind, JobState, Phase
 from trainer.config import Objective, Stem
 from trainer.model import Backbone
-from trainer.train import TrainPhase
+from trainer.progress import TrainPhase
 
 
 def enum(schema: dict, model: str, field: str) -> set[str]:

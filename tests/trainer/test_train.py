@@ -12,7 +12,8 @@ import torch
 
 from trainer.config import TrainConfig
 from trainer.embed import Embedder
-from trainer.train import TrainingCancelled, TrainingDiverged, train
+from trainer.progress import TrainingCancelled
+from trainer.train import TrainingDiverged, train
 
 
 def tiny(tmp_path, data, **changes) -> TrainConfig:

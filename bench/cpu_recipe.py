@@ -2,7 +2,7 @@
 
     python bench/cpu_recipe.py rates                 # training images/s of each backbone, side by side
     python bench/cpu_recipe.py sweep --limit 2500    # recipe variants at a fixed compute budget, vs raw pixels
-    python bench/cpu_recipe.py check FOLDER          # the job's CPU default on a whole folder, vs raw pixels
+    python bench/cpu_recipe.py check FOLDER          # the job's CPU recipe on a whole folder, vs raw pixels
     python bench/cpu_recipe.py order RUN...          # label-free quality beside kNN for finished runs
     python bench/cpu_recipe.py warm                  # warm start vs scratch on a collection that grew
 
@@ -195,7 +195,7 @@ def check(args) -> str:
     wall = time.perf_counter() - t
     untrained = untrained_knn(cfg, ds, Preprocess.load(Path(args.out) / "export" / "preprocess.json"))
     return (f"`{args.data}`, {len(ds)} images; CPU default{' with ' + ' '.join(args.set) if args.set else ''}: "
-            f"{cfg.arch} width {cfg.width}, {cfg.epochs} epochs ({cfg.extra['policy'].get('epochs', 'set')}), "
+            f"{cfg.arch} width {cfg.width}, {cfg.minutes:g} min budget, {metrics['epochs']:g} epochs done, "
             f"batch {cfg.batch_size}, bank_init {cfg.bank_init}, lr {cfg.lr}, warm-up {cfg.warmup_epochs}; "
             f"training {metrics['train_seconds']:.0f} s, whole run {wall:.0f} s\n\n"
             "| features | kNN top-1 | 1-NN |\n| --- | --- | --- |\n"

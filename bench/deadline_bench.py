@@ -6,8 +6,8 @@ after training has begun, and what images/s does it keep meanwhile? Results go t
 
 Three runs of the machine recipe on a CPU (trainer/recipe.py, as a job trains it), each with `--minutes` of
 budget and all cores: idle; with a busy process (a spinning Python loop, one core) started `--load-after` seconds
-into the training phase; the same load with the thread tuner off (`adapt_threads=False`: today's torch threads
-as they are). The training phase is timed from the first training progress report to the "embedding" report.
+into the training phase; the same load with the thread tuner off (`adapt_threads=False`: torch's threads as they
+are). The training phase is timed from the last "loading" report (the memory bank filled) to the "embedding" one.
 """
 
 from __future__ import annotations
@@ -45,11 +45,12 @@ def one_run(data: str, minutes: float, load_after: float | None, adapt: bool, ou
         busy.append(subprocess.Popen([sys.executable, "-c", SPIN]))
         marks["load"] = time.monotonic()
 
-    def on_progress(p: Progress) -> None:
-        if p.phase == "training" and "train" not in marks:
+    def on_progress(p: Progress) -> None:  # the last loading report (the bank filled) starts the training phase
+        if p.phase == "loading":
             marks["train"] = time.monotonic()
-            if load_after is not None:
-                threading.Timer(load_after, start_load).start()
+        elif p.phase == "training" and "load_timer" not in marks and load_after is not None:
+            marks["load_timer"] = 0.0
+            threading.Timer(load_after - (time.monotonic() - marks["train"]), start_load).start()
         elif p.phase == "embedding" and "end" not in marks:
             marks["end"] = time.monotonic()
 

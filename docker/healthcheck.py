@@ -2,6 +2,7 @@
 
     python /app/healthcheck.py api       # GET /ready answers 200: a version is loaded and searchable
     python /app/healthcheck.py worker    # the Celery worker of this container answers a ping through Redis
+    python /app/healthcheck.py watcher   # a folder watcher rewrote its progress record lately (or watching is off)
 
 Exit status 0 healthy, 1 not, with one line saying why. The api is unhealthy until a first version is
 published (/ready answers 503 until then); /health is the liveness probe for orchestrators that restart.
@@ -49,7 +50,25 @@ def worker() -> str | None:
     return None if replies else f"{node} did not answer a ping through {redis_url}"
 
 
-CHECKS = {"api": api, "worker": worker}
+def watcher() -> str | None:
+    """None when watching is off or a watcher (this one, or the one holding the watch lock) rewrote its progress
+    record (<artifacts>/watch.json) within the last minute, else why not."""
+    from service.live.watching import read_progress
+    from service.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingsError as e:
+        return str(e)
+    if not settings.watch:
+        return None
+    progress = read_progress(settings.artifacts_dir)
+    if progress is None:
+        return "no watcher has written its progress yet"
+    return f"the watcher's progress was last written {progress.updated}" if progress.stale else None
+
+
+CHECKS = {"api": api, "worker": worker, "watcher": watcher}
 
 
 def main(argv: list[str]) -> int:

@@ -24,7 +24,10 @@ API for the service
     store.publish_rebased(version, carry_from, embed) -> version   # rebase onto what was published meanwhile
     store.add(vectors MxD, [NewItem(path, label, width, height, sha256) or dict], base=lv or lv.version)
         -> (version, ids M)                         # VersionConflictError if base is no longer current
-    store.remove(ids, base=lv or lv.version) -> version   # paths tombstoned; EmptyCollectionError for the last
+    store.remove(ids, base=lv or lv.version, tombstone=True) -> version   # paths tombstoned (unless False: files
+                                                    # gone from the folder); EmptyCollectionError for the last
+    store.replace(ids, [NewItem], base=lv, vectors=None) -> version   # same ids, new rows: vectors None = moved
+                                                    # or renamed (stored embedding kept), MxD = bytes replaced
     store.compact(version) -> version | None        # fold the delta into a new segment (O(collection))
     store.rollback(to=None, embed=None) -> version  # with to + embed: carries the adds and deletes made since
     store.publish(version); store.list() -> [VersionInfo(kind "model"|"update")]; store.verify(version)
@@ -34,17 +37,18 @@ API for the service
 Semantics
 ---------
 - Scores are cosine similarities: queries are L2-normalised, collection vectors are unit rows.
-- A LoadedVersion never changes: add/remove/build write a new version and move CURRENT. To hot-swap,
+- A LoadedVersion never changes: add/remove/replace/build write a new version and move CURRENT. To hot-swap,
   poll `current_version()`, `load()` the new one, then replace your reference in one assignment; keep
   serving the old one meanwhile. `load()` retries when the version it read is pruned while loading.
 - Searchers are safe for concurrent threads (GPU indexes are guarded by a lock). k is 1..1000.
-- Writers (build/add/remove/publish/rollback) serialise on a file lock; a crash at any point leaves the
+- Writers (build/add/remove/replace/publish/rollback) serialise on a file lock; a crash at any point leaves the
   previous current version whole and loadable. Loading a damaged version raises DamagedVersionError.
 - Errors: IndexStoreError and its subclasses VersionNotFoundError, DamagedVersionError,
   DimensionMismatchError, EmptyCollectionError, ExportError, VersionConflictError; messages are meant
   for users. Library code logs through `logging`, it never prints.
-- Ids are stable (registry.py): a path keeps its id across builds, a moved file keeps it by content, deleted
-  paths are tombstoned, ids are never reused (NEXT_ID high-water mark at the store root).
+- Ids are stable (registry.py): a path keeps its id across builds, a moved file keeps it by content (`replace`
+  keeps it between builds), deleted paths are tombstoned, ids are never reused (NEXT_ID high-water mark at the
+  store root).
 - Adds and removes cost O(delta) (delta.py): the base segment is hard-linked, only the delta is written, and
   `load(reuse=...)` reads only the delta; `compact` folds it back, off the request path. The index kind and
   its tuned setting are kept; the recall in the manifest is the one measured on `recall_measured_on`.
@@ -53,7 +57,10 @@ Semantics
 - Threads: FAISS uses OpenMP inside each search. A server answering many single queries at once may
   prefer `faiss.omp_set_num_threads(1)` (docs/index-benchmark.md).
 
-CLI: `npid index build|list|publish|rollback|search|stats` (index/cli.py).
+Near duplicates (index/duplicates.py): `live_graph(searcher)` (exact k-NN over the stored embeddings, any index
+kind) -> `duplicate_groups(graph, threshold)` (connected components, largest first); `npid duplicates`.
+
+CLI: `npid index build|list|publish|rollback|search|stats` and `npid duplicates` (index/cli.py).
 """
 
 from .artifact import ArtifactStore, Embed, LoadedVersion, VersionInfo

@@ -2,7 +2,7 @@
 
     <root>/CURRENT               the live version and the ones live before it (pointer.py)
     <root>/versions/v000007/     one directory per version (content.py), never modified once in place
-    <root>/.lock                 held by writers (build, add, remove, publish, rollback); readers never lock
+    <root>/.lock                 held by writers (build, add, remove, replace, publish, rollback); readers never lock
     <root>/.stage-*, .trash-*    a version being written / deleted; left only by a crash, the next writer
                                  removes them
 
@@ -34,6 +34,7 @@ from durable import fsync_dir, fsync_tree
 from .build import build_tuned, train_and_add
 from .config import IndexConfig
 from .content import (
+    EMBEDDINGS_FILE,
     SEGMENT_FILES,
     Content,
     Segment,
@@ -339,17 +340,64 @@ class ArtifactStore:
             return self._commit(self._derived(state, delta, tombstones), fields, publish, on_step), ids
 
     def remove(self, ids: Iterable[int], base: str | LoadedVersion, publish: bool = True,
-               on_step: OnStep = None) -> str:
-        """A new version: `base` without the items `ids` (all must exist), their paths tombstoned. O(delta)."""
+               on_step: OnStep = None, tombstone: bool = True) -> str:
+        """A new version: `base` without the items `ids` (all must exist), their paths tombstoned. O(delta).
+
+        tombstone=False: the paths are not tombstoned (their files left the collection folder: nothing was
+        deleted on purpose, and a file that comes back at one of them is a new image)."""
         ids = np.unique(np.asarray(list(ids), dtype=np.int64))
         with self._writer():
             state = self._base(base, publish)
             state.items.check_removable(ids)
             gone = [state.items.get(int(i)) for i in ids]
-            tombstones = {**state.tombstones, **{it.path: it.id for it in gone}}
+            tombstones = {**state.tombstones, **({it.path: it.id for it in gone} if tombstone else {})}
             delta = state.delta.without(ids)
             fields = self._derived_fields(state, {"kind": "remove", "base": state.version, "ids": len(ids)}, delta,
                                           self._next_free(state.manifest), -_labelled(gone))
+            return self._commit(self._derived(state, delta, tombstones), fields, publish, on_step)
+
+    def replace(self, ids: Iterable[int], items: Iterable[NewItem | dict], base: str | LoadedVersion,
+                vectors: np.ndarray | None = None, publish: bool = True, on_step: OnStep = None) -> str:
+        """A new version in which each of `ids` (all in the collection) is described by its item: a file moved or
+        renamed (`vectors` None: the stored embedding is kept, origin "move") or replaced in place by other bytes
+        (`vectors` MxD, embedded with base's own model, origin "replace"). The ids, and when each was added,
+        stay; a tombstone on a new path is lifted; a path held by another item is refused.
+
+        O(delta): each row leaves the segment (its id joins removed.npy) or the delta, and is written to the delta
+        again under the same id. Published only if `base` is still current (else VersionConflictError).
+        """
+        ids = np.asarray(list(ids), dtype=np.int64)
+        items = [it if isinstance(it, NewItem) else NewItem(**it) for it in items]
+        if len(ids) != len(items):
+            raise ValueError(f"{len(ids)} ids but {len(items)} items")
+        if len(ids) == 0:
+            raise ValueError("nothing to replace")
+        if len(np.unique(ids)) != len(ids) or len({it.path for it in items}) != len(items):
+            raise ValueError("an id or a path appears twice")
+        with self._writer():
+            state = self._base(base, publish)
+            absent = [int(i) for i in ids if int(i) not in state.items]
+            if absent:
+                raise IndexStoreError(f"ids not in this version: {absent[:10]}{' ...' if len(absent) > 10 else ''}")
+            dim = int(state.manifest["counts"]["dim"])
+            moved = vectors is None
+            vectors = unit_rows(_stored_vectors(state, ids) if moved else vectors, dim)  # M x D
+            if len(vectors) != len(ids):
+                raise ValueError(f"{len(vectors)} vectors but {len(ids)} ids")
+            old = [state.items.get(int(i)) for i in ids]
+            replaced = {int(i) for i in ids}
+            for it in items:
+                holder = state.items.find_path(it.path)
+                if holder is not None and holder.id not in replaced:
+                    raise IndexStoreError(f"the path {it.path!r} is held by image {holder.id}")
+            rows = [ItemMeta(int(i), it.path, it.label, it.width, it.height, it.sha256, was.added)
+                    for i, it, was in zip(ids, items, old, strict=True)]
+            new_paths = {it.path for it in rows}
+            tombstones = {p: i for p, i in state.tombstones.items() if p not in new_paths}
+            delta = state.delta.without(ids).with_added(vectors, rows)
+            origin = {"kind": "move" if moved else "replace", "base": state.version, "ids": len(ids)}
+            fields = self._derived_fields(state, origin, delta, self._next_free(state.manifest),
+                                          _labelled(rows) - _labelled(old))
             return self._commit(self._derived(state, delta, tombstones), fields, publish, on_step)
 
     def compact(self, base: str, on_step: OnStep = None) -> str | None:
@@ -604,11 +652,35 @@ class ArtifactStore:
 
 def since(folded: Delta, now: Delta) -> Delta:
     """The delta `now` (of the same segment) relative to a segment into which `folded` was compacted: rows added
-    after `folded`, and the ids live in the compacted segment that `now` no longer has."""
+    after `folded` or rewritten since (a move or replace keeps the id, with another row), and the ids live in the
+    compacted segment that `now` no longer has or has rewritten."""
     fresh = ~np.isin(now.metadata.ids, folded.metadata.ids)  # M bool
+    rewritten = []
+    for row in np.flatnonzero(~fresh):
+        item = now.metadata.items[row]
+        was = folded.metadata.row(item.id)
+        if folded.metadata.items[was] != item or not np.array_equal(folded.vectors[was], now.vectors[row]):
+            fresh[row] = True
+            rewritten.append(item.id)
     gone = np.union1d(np.setdiff1d(now.removed, folded.removed), np.setdiff1d(folded.metadata.ids, now.metadata.ids))
+    gone = np.union1d(gone, np.asarray(rewritten, dtype=np.int64))
     items = [it for it, f in zip(now.metadata.items, fresh, strict=True) if f]
     return Delta(now.vectors[fresh], Metadata(items), gone.astype(np.int64))
+
+
+def _stored_vectors(state: State, ids: np.ndarray) -> np.ndarray:
+    """The stored embeddings of `ids` (M x D) in a version: delta rows, else the segment's rows (memory-mapped)."""
+    segment = None
+    out = []
+    for i in ids:
+        i = int(i)
+        if i in state.delta.metadata:
+            out.append(state.delta.vectors[state.delta.metadata.row(i)])
+            continue
+        if segment is None:
+            segment = np.load(state.directory / EMBEDDINGS_FILE, mmap_mode="r")
+        out.append(segment[state.items.segment.row(i)])
+    return np.stack(out).astype(np.float32)
 
 
 def _same_files(a: dict, b: dict, names: Iterable[str]) -> bool:

@@ -7,6 +7,7 @@
     npid index search --image query.jpg [-k 10] [--min-score 0.5] [--version v000003]
     npid index search --id 123
     npid index stats [--version v000003]
+    npid duplicates [--threshold 0.97] [--limit 50] [--version v000003]   # groups of near-duplicate images
 
 Every action takes --store (default: $NPID_ARTIFACTS_DIR, else artifacts/index) and --json where it prints
 results. Expected failures (missing or damaged version, dimension mismatch, empty collection, unreadable
@@ -27,12 +28,15 @@ import numpy as np
 
 from .artifact import ArtifactStore, LoadedVersion, VersionInfo
 from .config import GIB, KINDS, IndexConfig
+from .duplicates import Group, KnnGraph, default_threshold, duplicate_groups, live_graph
 from .errors import DimensionMismatchError, IndexStoreError
 from .metadata import display_path
 from .search import MAX_K, Hit
 
 DEFAULT_STORE = "artifacts/index"
 EmbedImage = Callable[[Path, str], np.ndarray]  # (version directory, image file) -> 1 x D
+# (version, its k-NN graph) -> the duplicate threshold measured with the version's model, or None
+EstimateThreshold = Callable[[LoadedVersion, KnnGraph], "dict | None"]
 EXIT_ERROR = 2
 
 
@@ -134,6 +138,33 @@ def cmd_stats(args) -> int:
     return 0
 
 
+@_clean_errors
+def cmd_duplicates(args) -> int:
+    if args.threshold is not None and not -1.0 <= args.threshold <= 1.0:
+        raise ValueError("--threshold must be between -1 and 1")
+    if args.limit < 0:
+        raise ValueError("--limit must be >= 0")
+    lv = _store(args).load(args.version)
+    graph = live_graph(lv.searcher)
+    if args.threshold is not None:
+        threshold, source = args.threshold, "request"
+    else:
+        threshold, source = default_threshold(lv.manifest, graph, args.estimate and (lambda: args.estimate(lv, graph)))
+    groups = duplicate_groups(graph, threshold)
+    payload = {"version": lv.version, "threshold": threshold, "threshold_source": source,
+               "total_groups": len(groups), "total_images": sum(g.size for g in groups),
+               "groups": [group_dict(lv, g) for g in groups[: args.limit]]}
+    _emit(args, payload, format_groups(payload))
+    return 0
+
+
+def group_dict(lv: LoadedVersion, group: Group) -> dict:
+    items = [lv.searcher.metadata.get(int(i)) for i in group.ids]
+    return {"size": group.size, "best_score": group.best,
+            "members": [{"id": it.id, "score": float(s), "path": display_path(it.path), "label": it.label}
+                        for it, s in zip(items, group.scores, strict=True)]}
+
+
 def query_vector(lv: LoadedVersion, embed_image: EmbedImage, image: str) -> np.ndarray:
     """An image file embedded with the version's own model and preprocessing -> 1 x D, checked against the index."""
     try:
@@ -190,6 +221,23 @@ def format_hits(hits: list[Hit]) -> str:
     return "\n".join(lines)
 
 
+THRESHOLD_SOURCES = {"request": "given", "calibrated": "calibrated at publish",
+                     "estimated": "estimated now with the version's model",
+                     "nearest": "top 5% of nearest-neighbour cosines: no model measurement"}
+
+
+def format_groups(payload: dict) -> str:
+    lines = [f"{payload['version']}: {payload['total_groups']} groups of near duplicates "
+             f"({payload['total_images']} images) at cosine >= {payload['threshold']:.4f} "
+             f"({THRESHOLD_SOURCES[payload['threshold_source']]})"]
+    for n, g in enumerate(payload["groups"], 1):
+        lines.append(f"group {n}: {g['size']} images")
+        lines += [f"  {m['score']:>9.5f}  {m['id']:>8}  {m['label'] or '-':<12}  {m['path']}" for m in g["members"]]
+    if len(payload["groups"]) < payload["total_groups"]:
+        lines.append(f"... {payload['total_groups'] - len(payload['groups'])} more groups (--limit)")
+    return "\n".join(lines)
+
+
 def version_stats(lv: LoadedVersion, current: str | None) -> dict:
     m = lv.manifest
     tuning = m["index"]["tuning"]
@@ -213,11 +261,13 @@ def version_stats(lv: LoadedVersion, current: str | None) -> dict:
 # ------------------------------------------------------------------------------------------ parser
 
 
-def register(subparsers, embed_image: EmbedImage | None = None) -> None:
-    """Add `index` and its actions to the `npid` parser (service/cli.py).
+def register(subparsers, embed_image: EmbedImage | None = None, estimate: EstimateThreshold | None = None) -> None:
+    """Add `index` and its actions, and `duplicates`, to the `npid` parser (service/cli.py).
 
     embed_image: how a query image file becomes a vector. The index knows no models: the service passes the
-    trainer's embedding; without it, search takes --id only.
+    trainer's embedding; without it, search takes --id only. estimate: the duplicate threshold of a version
+    published without one, measured with its model (service/live/duplicates.py); without it, such a version's
+    default is the top 1% of its nearest-neighbour cosines.
     """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", default=os.environ.get("NPID_ARTIFACTS_DIR", DEFAULT_STORE),
@@ -268,3 +318,13 @@ def register(subparsers, embed_image: EmbedImage | None = None) -> None:
     st = sub.add_parser("stats", parents=[common, printing], help="one version in detail, verified")
     st.add_argument("--version", help="default: current")
     st.set_defaults(func=cmd_stats)
+
+    d = subparsers.add_parser("duplicates", parents=[common, printing],
+                              help="groups of near-duplicate images of a version (from its stored embeddings)",
+                              description="Groups of near-duplicate images: each image linked to its nearest others "
+                                          "(exact k-NN over the stored embeddings, whatever the index kind) with "
+                                          "cosine >= the threshold, connected components, largest first.")
+    d.add_argument("--version", help="default: current")
+    d.add_argument("--threshold", type=float, help="cosine in [-1, 1] (default: the version's calibrated threshold)")
+    d.add_argument("--limit", type=int, default=50, help="groups printed (default %(default)s)")
+    d.set_defaults(func=cmd_duplicates, estimate=estimate)

@@ -112,20 +112,22 @@ class LiveItems:
         kept = self.segment.ids[~np.isin(self.segment.ids, self.delta.removed)]
         return np.concatenate([kept, self.delta.metadata.ids])
 
-    def _found(self, table_key: str, key: str) -> ItemMeta | None:
+    def _found(self, table_key: str, field: str, key: str) -> ItemMeta | None:
         item_id = getattr(self.delta.metadata, table_key).get(key)
         if item_id is None:
             item_id = getattr(self.segment, table_key).get(key)
         if item_id is None or item_id not in self:
             return None
-        return self.get(item_id)
+        item = self.get(item_id)  # a segment row moved or replaced since lives on in the delta, described anew
+        return item if getattr(item, field) == key else None
 
     def find_path(self, path: str) -> ItemMeta | None:
-        return self._found("by_path", path)
+        return self._found("by_path", "path", path)
 
     def find_sha(self, sha256: str) -> ItemMeta | None:
-        """An item with these bytes (a segment item removed since is not one; its copy in the delta is)."""
-        found = self._found("by_sha", sha256)
+        """An item with these bytes (a segment item removed or replaced since is not one; its copy in the delta
+        is)."""
+        found = self._found("by_sha", "sha256", sha256)
         if found is None and sha256 in self.segment.by_sha:  # the first segment holder was removed: look on
             found = next((it for it in self if it.sha256 == sha256), None)
         return found

@@ -19,7 +19,7 @@ from .errors import DamagedVersionError
 
 # where a version came from (manifest "origin.kind"), and the kind of version that makes it (retention keeps
 # the newest `keep` of each kind apart); a version whose manifest fails its seal is listed as "damaged"
-OriginKind = Literal["build", "add", "remove", "compact"]
+OriginKind = Literal["build", "add", "remove", "move", "replace", "compact"]
 VersionKind = Literal["model", "update"]
 ListedKind = Literal[VersionKind, "damaged"]
 
@@ -30,7 +30,8 @@ LIBRARIES = ("numpy", "faiss-cpu", "faiss-gpu", "torch", "torchvision", "pillow"
 
 
 def version_kind(manifest: dict) -> VersionKind:
-    """"model" for a version holding a (re)trained or re-indexed collection, "update" for add/remove/compact."""
+    """"model" for a version holding a (re)trained or re-indexed collection, "update" for add, remove, move,
+    replace and compact."""
     return "model" if manifest["origin"]["kind"] == "build" else "update"
 
 

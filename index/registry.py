@@ -15,6 +15,10 @@ Ids for a trainer export (which names images by path, `assign_ids`):
 - a path new to the collection whose bytes (SHA-256) are those of a live item whose path is gone from the
   export takes that item's id: a file renamed or moved keeps its id. A copy (both paths present) is a new image;
 - anything else gets a new id.
+
+Between builds the same rules hold through O(delta) writes (the folder watcher, service/watch/): `add` for a new
+file, `ArtifactStore.replace` for a file moved (the stored embedding kept) or replaced in place (embedded again),
+both keeping the id, and `remove(tombstone=False)` for a file gone from the folder.
 """
 
 from __future__ import annotations

@@ -8,13 +8,20 @@ import logging
 import sys
 
 # package modules that expose register(subparsers); each adds its subcommand(s) with set_defaults(func=...)
-COMMAND_MODULES = ("trainer.cli", "index.cli", "service.api.serve", "service.jobs.cli", "service.launch.up")
+COMMAND_MODULES = ("trainer.cli", "index.cli", "service.api.serve", "service.jobs.cli", "service.watch.cli",
+                   "service.launch.up")
 
 
 def _embed_image_file(version_dir, image):
     from .live.collection import embed_image_file  # torch is imported only when a query image is embedded
 
     return embed_image_file(version_dir, image)
+
+
+def _estimate_duplicate_threshold(version, graph):
+    from .live.duplicates import estimate_for_version  # torch is imported only when a model measures it
+
+    return estimate_for_version(version, graph)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         if name == "index.cli":  # the index knows no models: a query image is embedded by the trainer's code
-            module.register(sub, embed_image=_embed_image_file)
+            module.register(sub, embed_image=_embed_image_file, estimate=_estimate_duplicate_threshold)
         else:
             module.register(sub)
     return parser

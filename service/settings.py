@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     jobs_time_limit_s: float = Field(48 * 3600.0, gt=0)  # a job running longer stops and fails (resumable)
     jobs_history: int = Field(100, ge=1, le=10_000)  # job records kept (GET /jobs); older ones are dropped
 
+    # --- folder watcher (service/watch/, `npid watch`) ---
+    watch: bool = True  # notice files added, replaced, moved or removed under collection_root and index them
+    watch_debounce_s: float = Field(1.0, gt=0)  # a file is read once its size and mtime held still this long
+    watch_rescan_s: float = Field(60.0, gt=0)  # full rescan period: the fallback where no events arrive (NFS, ...)
+    watch_batch: int = Field(256, ge=1)  # files embedded and published as one version at a time
+    watch_lock_ttl_s: float = Field(30.0, gt=1)  # the one watcher's Redis lock; a second watcher waits for it
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, v: Any) -> Any:

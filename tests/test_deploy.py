@@ -234,6 +234,21 @@ def test_api_and_worker_share_the_artifacts_and_read_the_collection():
     assert Settings.model_fields["upload_subdir"].default == "uploads"
 
 
+def test_one_watcher_reads_the_collection_and_shares_the_artifacts():
+    """The folder watcher is a service of its own, never replicated, on the api's image and settings: it reads the
+    whole collection (uploads included) and writes only the artifacts (versions, its progress)."""
+    services = load_yaml(COMPOSE)["services"]
+    watcher, api = services["watcher"], services["api"]
+    assert watcher["command"] == ["npid", "watch"] and "ports" not in watcher
+    assert (watcher.get("deploy") or {}).get("replicas", 1) == 1 and "scale" not in watcher
+    for key in ("image", "build", "environment", "env_file", "restart", "init", "depends_on"):
+        assert watcher[key] == api[key], f"the watcher differs from the api in {key}"
+    assert watcher["volumes"] == [f"${{IMAGES_DIR:-./images}}:{COLLECTION}:ro", f"artifacts:{ARTIFACTS}"]
+    assert watcher["healthcheck"]["test"] == ["CMD", "python", "/app/healthcheck.py", "watcher"]
+    cpu = load_yaml(COMPOSE_CPU)["services"]
+    assert cpu["watcher"]["image"] == cpu["api"]["image"] and cpu["watcher"]["build"] == cpu["api"]["build"]
+
+
 def test_worker_reserves_a_gpu():
     worker = load_yaml(COMPOSE)["services"]["worker"]
     (device,) = worker["deploy"]["resources"]["reservations"]["devices"]

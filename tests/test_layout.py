@@ -1,5 +1,6 @@
 """The folders draw the architecture (docs/architecture.md): calls flow one way, launch -> api -> jobs -> live ->
-index/trainer, with durable/ under everything; the trainer and the index never import each other; no cycles."""
+index/trainer, with durable/ under everything; the watcher (service/watch) is a process of its own beside them,
+on live; the trainer and the index never import each other; no cycles."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ MAY_IMPORT = {
     "service.jobs": {"durable", "trainer", "index", "service.settings", "service.live"},
     "service.api": {"durable", "trainer", "index", "service.settings", "service.live", "service.jobs"},
     "service.launch": {"durable", "trainer", "index", "service.settings", "service.jobs"},
+    "service.watch": {"durable", "trainer", "index", "service.settings", "service.live"},
 }
 
 

@@ -27,13 +27,14 @@ from .bodylimit import BodyLimitMiddleware
 from .decoding import DecodePool, return_large_buffers_to_the_os
 from .metrics import Metrics, MetricsMiddleware
 from .ratelimit import RateLimiter
-from .routers import images, jobs, page, search, status, versions
+from .routers import duplicates, images, jobs, page, search, status, versions
 from .routers.common import declare_app_errors
 from .routers.page import STATIC
 
 log = logging.getLogger(__name__)
 
-ROUTERS = (search.router, images.router, versions.router, jobs.router, status.router, page.router)
+ROUTERS = (search.router, images.router, duplicates.router, versions.router, jobs.router, status.router,
+           page.router)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -1,5 +1,6 @@
 """Request dependencies, and the `Annotated` aliases the routes take them through: the settings, the engine,
-its writes, the live version, the decoder pool, the job store, the job queue, and the per-client rate limits.
+its writes, the live version, the decoder pool, the duplicate groups, the collection listings, the job store, the
+job queue, and the per-client rate limits.
 
 All are `async def` so that FastAPI runs them on the event loop rather than in a thread.
 """
@@ -14,6 +15,8 @@ from fastapi import Depends, HTTPException, Request
 
 from ..jobs.queue import make_celery
 from ..jobs.store import JobStore
+from ..live.browse import Browse
+from ..live.duplicates import Duplicates
 from ..live.engine import Engine
 from ..live.version import LiveVersion
 from ..live.writes import Writes
@@ -47,6 +50,22 @@ async def get_live(engine: Annotated[Engine, Depends(get_engine)]) -> LiveVersio
     if live is None:
         raise NotReady(engine.not_ready_reason or NOT_READY)
     return live
+
+
+async def get_duplicates(request: Request) -> Duplicates:
+    """The duplicate groups and their caches (service/live/duplicates.py), made on first use."""
+    state = request.app.state
+    if getattr(state, "duplicates", None) is None:
+        state.duplicates = Duplicates(state.settings.collection_root)
+    return state.duplicates
+
+
+async def get_browse(request: Request) -> Browse:
+    """The collection's sorted listings (service/live/browse.py), made on first use."""
+    state = request.app.state
+    if getattr(state, "browse", None) is None:
+        state.browse = Browse()
+    return state.browse
 
 
 async def get_jobs(request: Request) -> JobStore:
@@ -92,5 +111,7 @@ LiveDep = Annotated[LiveVersion, Depends(get_live)]
 DecoderDep = Annotated[DecodePool, Depends(get_decoder)]
 JobsDep = Annotated[JobStore, Depends(get_jobs)]
 QueueDep = Annotated[Celery, Depends(get_queue)]
+DuplicatesDep = Annotated[Duplicates, Depends(get_duplicates)]
+BrowseDep = Annotated[Browse, Depends(get_browse)]
 RateLimited = Depends(rate_limited)
 ThumbnailRateLimited = Depends(thumbnail_rate_limited)

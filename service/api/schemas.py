@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 from index import ListedKind, OriginKind
 
 from ..live.version import LiveVersion
+from ..live.watching import WatchProgress
 
 
 class ErrorResponse(BaseModel):
@@ -79,14 +80,69 @@ class ImageDeleted(BaseModel):
                                "its path is tombstoned, so re-index and retrain leave it out")
 
 
+class ImageEntry(BaseModel):
+    id: int = Field(description="image id in the collection")
+    path: str = Field(description="path relative to the collection root")
+    label: str | None = Field(None, description="class label (first-level folder), when the collection has labels")
+    added: str = Field(description="when the image entered the index (UTC, ISO 8601)")
+    image_url: str
+    thumbnail_url: str
+
+
+class ImageList(BaseModel):
+    version: str = Field(description="index version that answered")
+    total: int = Field(description="images in the collection matching the label filter (deleted ones are not)")
+    offset: int
+    limit: int
+    sort: Literal["newest", "path"]
+    label: str | None = Field(description="the label filter, if any")
+    labels: dict[str, int] = Field(description="images per label in the whole collection (unlabelled ones not "
+                                               "counted): the choices of the filter")
+    images: list[ImageEntry] = Field(description="at most `limit`, from `offset` in the chosen order")
+
+
+class DuplicateMember(BaseModel):
+    id: int = Field(description="image id in the collection")
+    score: float = Field(description="its best cosine similarity to another member of the group")
+    path: str
+    label: str | None = None
+    image_url: str
+    thumbnail_url: str
+
+
+class DuplicateGroup(BaseModel):
+    size: int = Field(description="images in the group (members lists at most max_members of them)")
+    best_score: float = Field(description="the highest cosine between two members")
+    members: list[DuplicateMember] = Field(description="best score first")
+
+
+class DuplicatesResponse(BaseModel):
+    version: str = Field(description="index version that answered")
+    threshold: float = Field(description="cosine at or above which two images are linked")
+    threshold_source: Literal["request", "calibrated", "estimated", "nearest"] = Field(
+        description="request: the threshold parameter; calibrated: measured when the version's model was "
+                    "published (copies of sampled images against their nearest other images, without labels); "
+                    "estimated: the same measure made by this server for a version published without it; "
+                    "nearest: no measure possible (unreadable files), the top 5% of nearest-neighbour cosines")
+    neighbours: int = Field(description="nearest other images examined per image (exact, over the stored "
+                                        "embeddings)")
+    total_groups: int
+    total_images: int = Field(description="images in some group")
+    offset: int
+    limit: int
+    took_ms: float
+    groups: list[DuplicateGroup] = Field(description="largest first, then by best score")
+
+
 class VersionEntry(BaseModel):
     version: str
     current: bool
     kind: ListedKind = Field(
-        description="model: a training or re-index (keep-N counts these); update: an add, delete or compaction; "
-                    "damaged: its manifest fails its checksum")
-    origin: OriginKind | None = Field(description="build (a training, re-index or carried rollback), add, remove "
-                                                  "or compact")
+        description="model: a training or re-index (keep-N counts these); update: an add, delete, move, replace "
+                    "or compaction; damaged: its manifest fails its checksum")
+    origin: OriginKind | None = Field(description="build (a training, re-index or carried rollback), add, remove, "
+                                                  "move (a file renamed or moved: same id), replace (a file's bytes "
+                                                  "replaced: same id, embedded again) or compact")
     model: str | None = Field(description="SHA-256 prefix of the version's model.pt")
     size: int | None = Field(description="images in the collection")
     created: str | None
@@ -103,6 +159,21 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
 
 
+class WatchStatus(BaseModel):
+    """The folder watcher's progress (`npid watch`, service/watch/), as it last wrote it."""
+
+    state: str = Field(description="starting, waiting (no version yet), scanning, applying or watching")
+    pending: int = Field(description="files noticed and not applied yet: settling, or waiting to be embedded")
+    done: int = Field(description="files added, replaced, moved or removed since the watcher started")
+    skipped: int = Field(description="unreadable files left out")
+    scans: int = Field(description="full rescans of the folder finished")
+    last_change: str | None = Field(description="when the watcher last published a version (UTC, ISO 8601)")
+    last_scan: str | None = Field(description="when its last full rescan finished")
+    watcher: str = Field(description="host:pid of the watcher")
+    updated: str = Field(description="when this record was written")
+    stale: bool = Field(description="not rewritten for a minute: the watcher has stopped")
+
+
 class Ready(BaseModel):
     status: Literal["ready"] = "ready"
     version: str
@@ -110,10 +181,16 @@ class Ready(BaseModel):
     dim: int = Field(description="embedding size")
     loaded_at: str = Field(description="when this version went live (UTC, ISO 8601)")
     quality: dict | None = Field(None, description="label-free quality measured at publish (trainer/quality.py): "
-                                                   "self_top1, self_top10, alignment, uniformity, sample_size")
+                                                   "self_top1, self_top10, alignment, uniformity, sample_size; "
+                                                   "duplicate_threshold (GET /duplicates' default) with its "
+                                                   "duplicate_recall, duplicate_nearest_above, duplicate_sample")
     knn: dict | None = Field(None, description="leave-one-out kNN of the collection, when its folders are labels")
+    watch: WatchStatus | None = Field(None, description="the folder watcher's progress; null when watching is off "
+                                                        "(NPID_WATCH=0) or no watcher has run")
 
     @classmethod
-    def of(cls, live: LiveVersion) -> Ready:
+    def of(cls, live: LiveVersion, watch: WatchProgress | None = None) -> Ready:
         return cls(version=live.version, collection_size=live.size, dim=live.dim,
-                   loaded_at=live.loaded_at.isoformat(timespec="seconds"), quality=live.quality, knn=live.knn)
+                   loaded_at=live.loaded_at.isoformat(timespec="seconds"), quality=live.quality, knn=live.knn,
+                   watch=None if watch is None else WatchStatus(
+                       **{k: getattr(watch, k) for k in WatchStatus.model_fields if k != "stale"}, stale=watch.stale))

@@ -1,11 +1,12 @@
 """`npid up`: the whole product on one machine.
 
 `npid up FOLDER` needs nothing started beforehand: it uses the Redis at NPID_REDIS_URL or starts one, then
-a worker and the API as child processes; with no published version yet it queues a first training job on
-FOLDER, shows its progress, and prints the web page's URL once the version is live. It keeps the children
-running (service/launch/supervise.py): one that dies is restarted with a backoff while the others go on serving, and
-the terminal says so. Their own output (Celery's banner, access logs) goes to log files under --logs, not to
-the terminal. Ctrl-C stops what it started, and nothing else.
+a worker, the API and the folder watcher (`npid watch`, unless NPID_WATCH=0) as child processes; with no
+published version yet it queues a first training job on FOLDER, shows its progress, and prints the web page's
+URL once the version is live. It keeps the children running (service/launch/supervise.py): one that dies is
+restarted with a backoff while the others go on serving, and the terminal says so. Their own output (Celery's
+banner, access logs) goes to log files under --logs, not to the terminal. Ctrl-C stops what it started, and
+nothing else.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
 
 def register(sub) -> None:
-    u = sub.add_parser("up", help="run everything on this machine: Redis (if needed), worker, API, first job",
+    u = sub.add_parser("up", help="run everything on this machine: Redis (if needed), worker, API, watcher, first job",
                        description="Serve FOLDER: start what is missing, train a first version if there is none.")
     u.add_argument("folder", type=Path, help="the image collection (a folder, read recursively)")
     u.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="where index versions are kept")
@@ -103,6 +104,7 @@ def run_up(args: argparse.Namespace) -> int:
     cli = [sys.executable, "-m", "service.cli"]
     worker = Child("worker", [*cli, "worker", "--loglevel", "WARNING"], env, logs / "worker.log", _say)
     api = Child("api", [*cli, "serve", "--host", args.host, "--port", str(args.port)], env, logs / "api.log", _say)
+    watcher = Child("watcher", [*cli, "watch"], env, logs / "watcher.log", _say)  # service/watch/: one, like this
     children: list[Child] = []
     try:
         if redis_answers(settings.redis_url):
@@ -117,6 +119,11 @@ def run_up(args: argparse.Namespace) -> int:
             child.start()
             children.append(child)
         print(f"started the worker (pid {worker.pid}) and the API (pid {api.pid}); their output goes to {logs}/")
+        if settings.watch:  # after the API: the first version's job comes first, the watcher waits for a version
+            watcher.start()
+            children.append(watcher)
+            print(f"watching {folder} for added, changed and removed images (pid {watcher.pid}; NPID_WATCH=0 "
+                  f"turns this off)")
         base = f"http://{args.host}:{args.port}"
         _wait_healthy(base, api)
         headers = {"X-API-Key": env["NPID_API_KEY"]}

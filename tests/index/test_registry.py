@@ -154,3 +154,56 @@ def test_an_upload_racing_the_snapshot_keeps_the_id_its_client_got(tmp_path, mak
     store.publish_rebased(staged, carry_from, lambda model_dir, items: (vectors.random(len(items), D), items))
     live = store.load().searcher.metadata
     assert live.find_path("up/x.png").id == api_id and snapshot_id not in live and len(live) == 21
+
+
+def test_move_and_replace_keep_the_id_in_one_o_delta_version(tmp_path, make_export, vectors):
+    """A file renamed or moved (`replace` without vectors: the stored embedding is kept) or replaced in place by
+    other bytes (with vectors) keeps its id and when it was added; the old path no longer finds it; search, a
+    reload from scratch and a compaction run meanwhile all agree."""
+    store = ArtifactStore(tmp_path / "store", keep=20)
+    base = store.build(make_export(vectors.random(30, D, seed=1), name="a"))
+    added, (new_id,) = store.add(vectors.random(1, D, seed=2), [NewItem("up/a.png", sha256="a" * 64)], base=base)
+    live = store.load()
+    was = {i: live.searcher.metadata.get(i) for i in (4, new_id)}
+    stored = live.searcher.vector(4)
+    moved = store.replace([4, new_id], [NewItem("dog/four.png", "dog", 8, 8, "4" * 64), NewItem("up/b.png")],
+                          base=live)
+    lv = store.load(moved, reuse=live)
+    assert lv.manifest["origin"] == {"kind": "move", "base": added, "ids": 2}
+    items = lv.searcher.metadata
+    assert items.find_path("dog/four.png").id == 4 and items.find_path("img/000004.png") is None
+    assert items.find_path("up/b.png").id == new_id and items.find_path("up/a.png") is None
+    assert items.get(4).added == was[4].added and items.find_sha("4" * 64).id == 4
+    assert len(items) == 31 and lv.manifest["counts"]["next_id"] == 31  # no id handed out
+    np.testing.assert_array_equal(lv.searcher.vector(4), stored)  # a move keeps the embedding
+    assert lv.searcher.search(stored[None], 1)[0][0].id == 4
+
+    fresh = vectors.random(1, D, seed=3)
+    replaced = store.replace([4], [NewItem("dog/four.png", "dog", 8, 8, "5" * 64)], base=lv, vectors=fresh)
+    lv2 = store.load(replaced, reuse=lv)
+    assert lv2.manifest["origin"]["kind"] == "replace" and lv2.searcher.search(fresh, 1)[0][0].id == 4
+    assert lv2.searcher.metadata.find_sha("4" * 64) is None and lv2.searcher.metadata.find_sha("5" * 64).id == 4
+    scores, found = lv2.searcher.search_arrays(stored[None], 31)
+    assert sorted(found[0]) == sorted(lv2.searcher.metadata.ids) and len(set(found[0])) == 31  # no id twice
+    q = vectors.random(6, D, seed=4)
+    np.testing.assert_array_equal(store.load(replaced).searcher.search_arrays(q, 10)[1],
+                                  lv2.searcher.search_arrays(q, 10)[1])
+
+    with pytest.raises(IndexStoreError, match="held by image"):  # a path names one image
+        store.replace([5], [NewItem("dog/four.png")], base=replaced)
+    with pytest.raises(IndexStoreError, match="not in this version"):
+        store.replace([99], [NewItem("x.png")], base=replaced)
+
+    # moved and replaced again while a compaction of `replaced` runs: carried onto the new segment
+    again = store.replace([4], [NewItem("cat/four.png", "cat")], base=replaced)
+    gone = store.remove([7], base=again, tombstone=False)  # a file gone from the folder: no tombstone
+    now = store.load(gone)
+    assert "img/000007.png" not in now.tombstones and 7 not in now.searcher.metadata
+    compacted = store.load(store.compact(replaced))
+    assert compacted.searcher.metadata.find_path("cat/four.png").id == 4
+    assert compacted.searcher.metadata.find_path("dog/four.png") is None and 7 not in compacted.searcher.metadata
+    np.testing.assert_array_equal(compacted.searcher.search_arrays(q, 10)[1], now.searcher.search_arrays(q, 10)[1])
+    np.testing.assert_array_equal(compacted.searcher.vector(4), now.searcher.vector(4))
+    folded = store.load(store.compact(compacted.version))  # and once folded, the segment holds the new row
+    assert folded.searcher.delta.size == 0 and folded.searcher.metadata.get(4).path == "cat/four.png"
+    np.testing.assert_allclose(folded.searcher.vector(4), fresh[0], atol=1e-6)

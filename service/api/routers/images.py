@@ -1,5 +1,5 @@
-"""The collection's images by id: the file, a thumbnail, its neighbours; adding uploaded images (one or a batch)
-and deleting one."""
+"""The collection's images: the list (paged, sorted, by label); by id the file, a thumbnail, its neighbours;
+adding uploaded images (one or a batch) and deleting one."""
 
 from __future__ import annotations
 
@@ -17,12 +17,31 @@ from starlette.concurrency import run_in_threadpool
 from index import NewItem, display_path
 
 from ...live import collection
+from ...live.browse import Sort
 from ...live.version import LiveVersion
 from ...live.writes import Added
 from ...settings import Settings
 from ..auth import API_KEY_HEADER, READ, ReadAccess, WriteAccess
-from ..deps import DecoderDep, EngineDep, LiveDep, RateLimited, SettingsDep, ThumbnailRateLimited, WritesDep
-from ..schemas import AddedImage, ErrorResponse, ImageAdded, ImageDeleted, ImagesAdded, SearchResponse
+from ..deps import (
+    BrowseDep,
+    DecoderDep,
+    EngineDep,
+    LiveDep,
+    RateLimited,
+    SettingsDep,
+    ThumbnailRateLimited,
+    WritesDep,
+)
+from ..schemas import (
+    AddedImage,
+    ErrorResponse,
+    ImageAdded,
+    ImageDeleted,
+    ImageEntry,
+    ImageList,
+    ImagesAdded,
+    SearchResponse,
+)
 from ..uploads import IMAGE_FILE, read_limited
 from .common import (
     INVALID,
@@ -54,6 +73,12 @@ NOT_MODIFIED = {304: {"description": "the client's copy (If-None-Match) is curre
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff")
 
 
+Offset = Annotated[int, Query(ge=0, le=2**31 - 1, description="entries to skip, in the chosen order")]
+PageSize = Annotated[int, Query(ge=1, le=100, description="entries to return")]
+LabelFilter = Annotated[str | None, Query(min_length=1, max_length=255,
+                                          description="only images with this label (a first-level folder name)")]
+
+
 def no_image(image_id: int) -> HTTPException:
     return HTTPException(404, f"no image with id {image_id}")
 
@@ -79,6 +104,22 @@ def cache_headers(settings: Settings, etag: str) -> dict[str, str]:
 def not_modified(request: Request, etag: str) -> bool:
     presented = request.headers.get("if-none-match", "")
     return presented.strip() == "*" or etag in (t.strip() for t in presented.split(","))
+
+
+@router.get("", response_model=ImageList, responses={**INVALID, **LIMITED, **UNAVAILABLE},
+            openapi_extra=READ, dependencies=[ReadAccess, RateLimited])
+async def list_images(live: LiveDep, browse: BrowseDep, offset: Offset = 0, limit: PageSize = 48,
+                      sort: Annotated[Sort, Query(description="newest: by the time each image entered the index, "
+                                                              "newest first; path: by path")] = "newest",
+                      label: LabelFilter = None) -> ImageList:
+    """The collection's images (deleted ones are not in it), one page at a time, with the label counts."""
+    page = await run_in_threadpool(browse.page, live, sort, label, offset, limit)
+    return ImageList(version=live.version, total=page.total, offset=offset, limit=limit, sort=sort, label=label,
+                     labels={display_path(k): v for k, v in page.labels.items()},
+                     images=[ImageEntry(id=it.id, path=display_path(it.path),
+                                        label=None if it.label is None else display_path(it.label), added=it.added,
+                                        image_url=f"/images/{it.id}", thumbnail_url=f"/images/{it.id}/thumbnail")
+                             for it in page.items])
 
 
 @router.get("/{image_id}", response_class=FileResponse, responses={

@@ -199,7 +199,9 @@ def test_compose_stack_end_to_end(docker_host, tmp_path):
 
 def _walk_through(stack: Stack, steps: Steps, project: Path) -> None:
     steps("build the CPU image (docker compose build)", lambda: stack("build", "--force-rm", timeout=BUILD_TIMEOUT_S))
-    steps("up -d", lambda: stack("up", "-d"))
+    # the watcher joins last (watched_folder): until then the folder changes only through the API, so the versions
+    # the walk-through expects are the ones it makes
+    steps("up -d", lambda: stack("up", "-d", "--scale", "watcher=0"))
     steps("api /health answers", lambda: stack.wait("api /health", lambda: stack.get("/health").status_code == 200))
     assert stack.get("/ready").status_code == 503  # no version yet: unhealthy until the first job publishes
     steps("worker answers a ping", lambda: stack.wait("worker ping", stack.worker_answers))
@@ -236,9 +238,9 @@ def _walk_through(stack: Stack, steps: Steps, project: Path) -> None:
         assert hits[0]["path"] == "shapes/checker/0003.png" and hits[0]["score"] > 0.99, hits
 
     steps("search", search)
-    upload = images.parent / "new.png"
-    synthetic.make_folder(upload.parent / "gen", per_class=1, size=32, seed=99)
-    shutil.move(upload.parent / "gen" / "disc" / "0000.png", upload)
+    upload = project / "new.png"  # outside the image folder: a file put there is the watcher's to index
+    synthetic.make_folder(project / "gen", per_class=1, size=32, seed=99)
+    shutil.move(project / "gen" / "disc" / "0000.png", upload)
 
     def add() -> str:
         r = stack.post("/images", files={"file": ("new.png", upload.read_bytes(), "image/png")})
@@ -294,6 +296,17 @@ def _walk_through(stack: Stack, steps: Steps, project: Path) -> None:
         stack.wait("the restarted worker answers", stack.worker_answers)
 
     steps("SIGKILL the worker mid-job: the job fails (worker lost), the api answers", kill_worker_mid_job)
+
+    def watched_folder() -> None:
+        stack("up", "-d", "--scale", "watcher=1")
+        synthetic.make_folder(project / "gen-dropped", per_class=1, size=32, seed=7)
+        dropped = images.parent / "dropped" / "0000.png"
+        dropped.parent.mkdir()
+        shutil.move(project / "gen-dropped" / "disc" / "0000.png", dropped)
+        stack.wait("the watcher indexes a file dropped into the folder",
+                   lambda: stack.search(dropped)["results"][0]["path"] == "dropped/0000.png", 180)
+
+    steps("the watcher service: a file copied into the folder is found by /search", watched_folder)
 
 
 @pytest.mark.docker_gpu

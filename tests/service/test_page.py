@@ -13,16 +13,18 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.live.watching import WatchProgress, write_progress
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
 
 
-def test_upload_shows_the_neighbour_grid(serve, make_settings, dirs):
+def test_upload_shows_the_neighbour_grid_and_the_status_line(serve, make_settings, dirs):
     from playwright.sync_api import expect, sync_playwright
 
-    collection, _ = dirs
+    collection, store = dirs
     query = collection / "checker" / "0002.png"
     ARTIFACTS.mkdir(exist_ok=True)
     with serve(make_settings()) as url, sync_playwright() as p:
@@ -35,6 +37,9 @@ def test_upload_shows_the_neighbour_grid(serve, make_settings, dirs):
             knn = httpx.get(url + "/ready").json()["knn"]  # the fixture's version has labels, no quality figure
             status = f"version v000001 · 33 images · kNN top-1 {knn['top1@5']:.1f}%"
             expect(page.locator("#status")).to_have_text(status)
+            write_progress(store, WatchProgress(state="applying", pending=5, done=3))  # as `npid watch` writes it
+            expect(page.locator("#status")).to_have_text(status + " · indexing new files: 3 done, 5 waiting",
+                                                         timeout=30_000)
 
             page.set_input_files("#file", str(query))
             hits = page.locator("#results .hit")

@@ -23,7 +23,7 @@ async function refreshStatus() {
     if (response.ok) {
       const ready = await response.json();
       status.textContent = `version ${ready.version} · ${ready.collection_size} images` + qualityText(ready) +
-        await trainingText();
+        watchText(ready.watch) + await trainingText();
       status.classList.remove("down");
     } else {
       status.textContent = `not ready: ${await errorText(response)}`;
@@ -44,6 +44,13 @@ function qualityText(ready) {
     if (top1) text += ` · kNN top-1 ${top1[1].toFixed(1)}%`;
   }
   return text;
+}
+
+// the folder watcher (npid watch) while it has files to index: how many are done and how many wait
+function watchText(watch) {
+  if (!watch || watch.stale || !watch.pending) return "";
+  return ` · indexing new files: ${watch.done} done, ${watch.pending} waiting` +
+    (watch.skipped ? `, ${watch.skipped} unreadable` : "");
 }
 
 // a training job running now (the background trainer after the first version, or one posted by hand)

@@ -7,6 +7,7 @@ time themselves: a time budget is a deadline (trainer/budget.py).
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
@@ -24,13 +25,14 @@ from .step import Learner, step_noise, train_step
 
 
 def training_rate(cfg: TrainConfig, n_images: int, device: torch.device, seconds: float = 2.0,
-                  warmup_steps: int = 3, window_steps: int = 5) -> float:
+                  warmup_steps: int = 3, window_steps: int = 5, bf16: bool = False) -> float:
     """Images/s of cfg's training (device augmentation from the stored size, forward, backward, SGD, bank
     update over an n_images bank) on random images, as an epoch runs it: `warmup_steps` uncounted (first
     calls allocate and pick kernels), then windows of `window_steps` steps until `seconds` pass (at least
     three windows); the median window's rate, so that a passing spike of load moves it little while a
     machine that stays loaded is measured as it is. The model is a throwaway with cfg's architecture;
-    torch's thread count is the caller's."""
+    torch's thread count is the caller's. bf16: the encoder under bf16 autocast, as `amp` trains it."""
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     pre = Preprocess.for_size(cfg.image_size, CIFAR10_MEAN, CIFAR10_STD)
     side = pre.stored_size
     batch = cfg.batch_size
@@ -44,7 +46,7 @@ def training_rate(cfg: TrainConfig, n_images: int, device: torch.device, seconds
     while True:
         for step, (x, idx, b) in enumerate(feed.epoch(epoch)):  # the feed's augmentation is part of the time
             noise = step_noise(learner.objective, 0, epoch, step, b, Dist())
-            train_step(learner, learner.objective, optimizer, x, idx, noise, Dist())
+            train_step(learner, learner.objective, optimizer, x, idx, noise, Dist(), autocast)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             steps += 1

@@ -161,6 +161,7 @@ class Run:
     spent_s: float = 0.0  # wall-clock time of the training phase before this process (a resumed run)
     budget: Budget | None = None  # set when the training phase starts
     tuner: ThreadTuner | None = None  # CPU runs with adapt_threads
+    planned_epochs: float | None = None  # the first estimate of where a time budget ends (recorded beside the done)
 
     @property
     def objective(self) -> NPIDObjective:
@@ -289,8 +290,11 @@ def train_epoch(run: Run, epoch: int, progress: EpochProgress, report: Callable[
                 rate = progress.seen / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{loss_now:.4f}", img_s=f"{rate:.0f}")
                 at = epoch + (step + 1) / steps
-                report(Progress("training", epoch + 1, round(budget.planned_epochs(at, rate, images)), step + 1,
-                                steps, loss_now, rate, budget.eta_s(at, rate, images)))
+                planned = budget.planned_epochs(at, rate, images)
+                if run.planned_epochs is None and at - run.start_epoch >= 0.5:  # past the first steps' warm-up
+                    run.planned_epochs = round(planned, 1)
+                report(Progress("training", epoch + 1, round(planned), step + 1, steps, loss_now, rate,
+                                budget.eta_s(at, rate, images)))
             bar.update(1)
     if progress.seen == 0:
         return None
@@ -406,7 +410,7 @@ def train(cfg: TrainConfig, on_progress: Callable[[Progress], None] | None = Non
     if not run.d.main:
         return {}
     return finish(cfg, run.learner.encoder, run.ds, run.eval_ds, run.pre, run.device, run.out, run.history, report,
-                  should_stop, train_seconds)
+                  should_stop, train_seconds, run.planned_epochs)
 
 
 def epochs_done(history: list[dict]) -> float:
@@ -420,7 +424,7 @@ def epochs_done(history: list[dict]) -> float:
 
 def finish(cfg: TrainConfig, encoder: Encoder, ds, eval_ds, pre: Preprocess, device, out: Path,
            history: list[dict], report: Callable[[Progress], None],
-           should_stop: Callable[[], bool] | None, train_seconds: float) -> dict:
+           should_stop: Callable[[], bool] | None, train_seconds: float, planned_epochs: float | None) -> dict:
     """Final evaluation, pictures and the export (rank 0 only)."""
     done = epochs_done(history)
     report(Progress("embedding", math.ceil(done), math.ceil(done)))
@@ -428,7 +432,7 @@ def finish(cfg: TrainConfig, encoder: Encoder, ds, eval_ds, pre: Preprocess, dev
         plot_curves(history, out / "curves.png")
     train_f, metrics = final_evaluation(encoder, ds, eval_ds, pre, cfg.knn_k, cfg.tau, device, out, cfg.seed,
                                         cfg.progress, ticker("embedding", report, should_stop, math.ceil(done)))
-    metrics.update({"images": len(ds), "skipped": len(ds.skipped), "epochs": done,
+    metrics.update({"images": len(ds), "skipped": len(ds.skipped), "epochs": done, "epochs_planned": planned_epochs,
                     "train_seconds": round(train_seconds, 2), "budget_s": cfg.budget_s, "epoch_cap": cfg.epochs,
                     "final_loss": history[-1]["loss"] if history else None})
     if should_stop and should_stop():

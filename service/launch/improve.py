@@ -53,7 +53,8 @@ def stage_line(job: dict, full: int) -> str:
     verdict = f"published version {job['version']}" if m.get("published") else f"kept {m.get('live_version')}"
     knn = m.get("knn") or {}
     knn_txt = "".join(f", kNN top-1 {v:.1f}%" for k, v in knn.items() if k.startswith("top1@"))
-    return f"{budget}epoch {done:g}/{full}: self-retrieval top-1 {q:.1f}%{was}{knn_txt}: {verdict}"
+    planned = f" (planned {m['epochs_planned']:g})" if budget and m.get("epochs_planned") else ""
+    return f"{budget}epoch {done:g}/{full}{planned}: self-retrieval top-1 {q:.1f}%{was}{knn_txt}: {verdict}"
 
 
 def keep_improving(base: str, headers: dict, first_job: dict, alive: Callable[[], bool],

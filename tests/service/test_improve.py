@@ -15,7 +15,7 @@ def test_a_time_budgeted_run_gets_time_stages_and_an_epoch_count_gets_epoch_stag
 
 def test_a_stage_line_names_the_budget_and_the_epochs_done():
     job = {"state": "succeeded", "version": "v000004", "metrics": {
-        "train_config": {"minutes": 8.0, "epochs": 0}, "epochs": 27.31, "published": True,
+        "train_config": {"minutes": 8.0, "epochs": 0}, "epochs": 27.31, "epochs_planned": 26.5, "published": True,
         "quality": {"self_top1": 61.0}, "live_quality": {"self_top1": 55.5}, "knn": {"top1@200": 48.2}}}
-    assert stage_line(job, 200) == ("8 min, epoch 27.31/200: self-retrieval top-1 61.0% (live 55.5%), kNN top-1 "
-                                    "48.2%: published version v000004")
+    assert stage_line(job, 200) == ("8 min, epoch 27.31/200 (planned 26.5): self-retrieval top-1 61.0% (live "
+                                    "55.5%), kNN top-1 48.2%: published version v000004")

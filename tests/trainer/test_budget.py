@@ -68,6 +68,7 @@ def test_training_stops_at_the_deadline_and_an_extension_goes_on_by_the_time_lef
     assert rows[-1]["partial"]  # 29 readings: the budget ran out inside an epoch, at a step boundary
     assert 1 < metrics["epochs"] < 3 and metrics["epochs"] != int(metrics["epochs"])
     assert metrics["budget_s"] == pytest.approx(29.0) and metrics["epoch_cap"] == 0
+    assert metrics["epochs_planned"] > 0  # the estimate, recorded beside the epochs done
     assert rows[-1]["lr"] < 0.1 * cfg.lr < rows[0]["lr"]  # the cosine went (nearly) to 0 within the budget
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     spent = checkpoint["train_seconds"]

@@ -24,10 +24,25 @@ def epochs_done(progress: dict) -> float:
     return min(max(epoch - 1 + within, 0.0), float(epochs))
 
 
+def postfix(progress: dict) -> str:
+    """The bar's tail: the time left by the job's own clock (a training budget is a deadline), loss, images/s."""
+    parts = []
+    if progress.get("eta_s") is not None and progress.get("phase") == "training":
+        minutes, seconds = divmod(int(progress["eta_s"]), 60)
+        parts.append(f"{minutes}:{seconds:02d} left")
+    if progress.get("loss") is not None:
+        parts.append(f"loss {progress['loss']:.3f}")
+    if progress.get("images_per_s"):
+        parts.append(f"{progress['images_per_s']:.0f} images/s")
+    if progress.get("knn_top1") is not None:
+        parts.append(f"kNN {progress['knn_top1']:.1f}%")
+    return (", " + ", ".join(parts)) if parts else ""
+
+
 def follow_job(base: str, headers: dict, job_id: str, children: list[Child]) -> dict:
     """A progress bar over the job's epochs until it ends (children kept alive meanwhile); the final record."""
     bar = tqdm(total=1, desc="first version", dynamic_ncols=True,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| epoch {n:.1f}/{total} [{elapsed}<{remaining}{postfix}]")
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| epoch {n:.1f}/{total} [{elapsed}{postfix}]")
     while True:
         for child in children:
             child.tick()
@@ -42,7 +57,7 @@ def follow_job(base: str, headers: dict, job_id: str, children: list[Child]) -> 
             bar.n = epochs_done(prog)
         items = f" {prog['done']}/{prog['total']}" if prog.get("total") else ""  # images decoded, embedded
         bar.set_description_str(f"first version: {prog.get('phase', job['state'])}{items}")
-        bar.set_postfix({k: round(prog[k], 3) for k in ("loss", "images_per_s", "knn_top1") if prog.get(k)})
+        bar.set_postfix_str(postfix(prog), refresh=False)
         bar.refresh()
         if job["state"] in FINISHED:
             bar.n = bar.total if job["state"] == "succeeded" else bar.n

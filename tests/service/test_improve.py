@@ -19,3 +19,11 @@ def test_a_stage_line_names_the_budget_and_the_epochs_done():
         "quality": {"self_top1": 61.0}, "live_quality": {"self_top1": 55.5}, "knn": {"top1@200": 48.2}}}
     assert stage_line(job, 200) == ("8 min, epoch 27.31/200 (planned 26.5): self-retrieval top-1 61.0% (live "
                                     "55.5%), kNN top-1 48.2%: published version v000004")
+
+
+def test_the_first_versions_bar_counts_down_the_jobs_own_deadline():
+    from service.launch.progress import postfix
+
+    assert postfix({"phase": "training", "eta_s": 193.4, "loss": 7.5912, "images_per_s": 1523.7}) == \
+        ", 3:13 left, loss 7.591, 1524 images/s"
+    assert postfix({"phase": "loading"}) == ""

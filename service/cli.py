@@ -7,6 +7,8 @@ import importlib
 import logging
 import sys
 
+from .settings import SettingsError
+
 # package modules that expose register(subparsers); each adds its subcommand(s) with set_defaults(func=...)
 COMMAND_MODULES = ("trainer.cli", "index.cli", "service.api.serve", "service.jobs.cli", "service.watch.cli",
                    "service.launch.up")
@@ -47,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
+    except SettingsError as e:  # any process's NPID_* settings that cannot start it: the message says which
+        print(e, file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

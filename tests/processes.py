@@ -77,3 +77,13 @@ def wait_for_worker(redis_url: str, timeout_s: float = 90) -> None:
 
     jobs = JobStore(redis_url)
     wait_for(lambda: jobs.workers_alive(), timeout_s, "the worker never announced itself", every_s=0.1)
+
+
+def empty_redis_db(url: str) -> None:
+    """Flush one database of the shared Redis for a test; skip the test when no Redis answers."""
+    import pytest
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).flushdb()
+    except redis.ConnectionError:
+        pytest.skip("no Redis on 127.0.0.1:6379 (scripts/test.sh starts one)")

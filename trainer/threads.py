@@ -2,7 +2,8 @@
 
 torch's intra-op threads meet at the end of every operator. When another process takes one of the cores they
 run on, the thread sharing that core gets a fraction of it and every operator waits for that thread: two threads
-on two cores, one of them taken, train slower than one thread on the free core (docs/cpu-recipe.md measures it).
+on two cores, one of them taken, train slower than one thread on the free core (docs/deadline-benchmark.md
+measures it).
 The tuner times the steps at the current thread count and, every `probe_every_s`, a window at one thread fewer
 (or, below the cores it was given, one more), keeping whichever trained more images a second. A probe costs
 nothing but a window of real steps at the other count, so the run follows the load as it comes and goes.

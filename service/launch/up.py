@@ -72,7 +72,7 @@ def _wait_healthy(url: str, api: Child, timeout_s: float = 120) -> None:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    from ..settings import SettingsError, load_settings
+    from ..settings import load_settings
     from .improve import keep_improving
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, even where a shell started us ignoring it
@@ -91,12 +91,8 @@ def run_up(args: argparse.Namespace) -> int:
     if not env.get("NPID_API_KEY"):
         env["NPID_API_KEY"] = secrets.token_urlsafe(18)
         print(f"API key for this session (writes: POST /jobs/train, POST /images): {env['NPID_API_KEY']}")
-    try:
-        os.environ.update({k: v for k, v in env.items() if k.startswith("NPID_")})
-        settings = load_settings()
-    except SettingsError as e:
-        print(e, file=sys.stderr)
-        return 2
+    os.environ.update({k: v for k, v in env.items() if k.startswith("NPID_")})
+    settings = load_settings()  # a SettingsError: service/cli.py says it
     if not _port_free(args.host, args.port):
         print(f"port {args.port} on {args.host} is taken: choose another with --port", file=sys.stderr)
         return 2

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
 import threading
 
 log = logging.getLogger(__name__)
@@ -20,13 +19,9 @@ def register(sub) -> None:
 
 
 def run_watch(args: argparse.Namespace) -> int:
-    from ..settings import SettingsError, load_settings
+    from ..settings import load_settings
 
-    try:
-        settings = load_settings()
-    except SettingsError as e:
-        print(e, file=sys.stderr)
-        return 2
+    settings = load_settings()  # a SettingsError: service/cli.py says it
     logging.getLogger("service").setLevel(settings.log_level)
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # not a line per event
     stop = threading.Event()

@@ -22,14 +22,13 @@ import os
 import jsonschema_rs
 import numpy as np
 import pytest
-import redis
 import schemathesis
 import yaml
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
 from PIL import Image
-from processes import Worker, wait_for
+from processes import Worker, empty_redis_db, wait_for
 from schemathesis import GenerationMode
 from schemathesis.errors import FailureGroup
 
@@ -92,10 +91,7 @@ def filter_failure(context, failure, case, response) -> bool:
 def worker_env(tmp_path_factory):
     """A real `npid worker` on db 14 of the shared Redis, with a tiny recipe and a 3-second job time limit, so
     the jobs that schemathesis posts (with any overrides the schema allows) end quickly."""
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).flushdb()
-    except redis.ConnectionError:
-        pytest.skip("no Redis on 127.0.0.1:6379 (scripts/test.sh starts one)")
+    empty_redis_db(REDIS_URL)
     tmp = tmp_path_factory.mktemp("contract")
     recipe = tmp / "train.yaml"
     recipe.write_text(yaml.safe_dump({"image_size": 16, "arch": "resnet18", "width": 4, "dim": 16, "batch_size": 16,

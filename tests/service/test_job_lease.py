@@ -6,8 +6,7 @@ import threading
 import time
 
 import pytest
-import redis
-from processes import RedisServer
+from processes import RedisServer, empty_redis_db
 
 from service.jobs.reporter import JobReporter, JobTimeLimit, run_job
 from service.jobs.runs import clean_runs
@@ -18,10 +17,7 @@ URL = "redis://127.0.0.1:6379/13"
 
 @pytest.fixture
 def store():
-    try:
-        redis.Redis.from_url(URL, socket_connect_timeout=1).flushdb()
-    except redis.ConnectionError:
-        pytest.skip("no Redis on 127.0.0.1:6379 (scripts/test.sh starts one)")
+    empty_redis_db(URL)
     return JobStore(URL, lock_ttl_s=0.6, heartbeat_s=0.1, history=3)
 
 

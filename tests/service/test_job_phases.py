@@ -4,8 +4,8 @@ next check of the phase it is in (loading, embedding, measuring, indexing/publis
 from __future__ import annotations
 
 import pytest
-import redis
 import torch
+from processes import empty_redis_db
 
 from index import ArtifactStore
 from service.jobs.pipeline import _reindex, image_cache_dir, publish_unless_cancelled
@@ -23,10 +23,7 @@ URL = "redis://127.0.0.1:6379/12"
 @pytest.fixture
 def cancelled():
     """A running job whose cancel was requested, and its reporter (lease thread running)."""
-    try:
-        redis.Redis.from_url(URL, socket_connect_timeout=1).flushdb()
-    except redis.ConnectionError:
-        pytest.skip("no Redis on 127.0.0.1:6379 (scripts/test.sh starts one)")
+    empty_redis_db(URL)
     store = JobStore(URL, lock_ttl_s=5, heartbeat_s=0.5)
     job = store.start(store.create("index", {}).id)
     store.cancel(job.id)
